@@ -1,0 +1,82 @@
+// The CPU engine: applies one update rule to a list of tensors in one call.
+// Work is split into a flat list of fixed-size chunks (independent of the
+// thread count, so reductions are reproducible), run in one parallel region
+// of a persistent thread pool, with kernels compiled per ISA.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "fusedopt/common.h"
+
+namespace fusedopt {
+
+enum class DType { kFloat32, kFloat64 };
+constexpr int kMaxStates = 3;
+
+struct TensorRef {
+  void* param = nullptr;
+  const void* grad = nullptr;
+  void* state[kMaxStates] = {nullptr, nullptr, nullptr};
+  int64_t size = 0;
+  // Adafactor's view of a rank >= 2 tensor: [batch, rows, cols].
+  int64_t batch = 1, rows = 1, cols = 1;
+  bool factored = false;
+};
+
+struct Batch {
+  DType dtype = DType::kFloat32;
+  std::vector<TensorRef> tensors;
+};
+
+struct Update {
+  const double* hyper = nullptr;  // the rule's hyperparameters, in its kHyperNames order
+  StepArgs step;
+  double decay = 0.0;  // decoupled weight decay factor (weight_decay * lr), applied first
+};
+
+// Static description of a rule, for validation and for the bindings.
+struct RuleInfo {
+  int id;
+  std::string name;
+  std::vector<std::string> hyper_names;
+  std::vector<std::string> state_names;
+  const char* (*validate)(const double*);
+  bool factored_states;  // Adafactor: states 0 and 1 are row/column statistics
+  bool needs_positive_learning_rate;
+};
+
+const std::vector<RuleInfo>& rule_table();
+const RuleInfo* find_rule(const std::string& name);
+
+// Runs one step of rule `rule_id` over every tensor of `batch`. Inputs must
+// already be validated. Not reentrant across threads: calls are serialized.
+void apply(int rule_id, const Batch& batch, const Update& update);
+
+// Threads: 1 means the calling thread only.
+void set_num_threads(int n);
+int get_num_threads();
+
+// Instruction-set dispatch.
+std::string active_isa();
+std::vector<std::string> available_isas();
+void set_isa(const std::string& name);  // throws std::invalid_argument
+
+// Chunking, shared by every ISA's kernels.
+constexpr int64_t kChunkElements = int64_t(1) << 16;
+struct Chunk {
+  int32_t tensor;
+  int64_t begin, end;
+};
+// The fixed chunk list of a batch: tensors in order, each cut every kChunkElements.
+std::vector<Chunk> make_chunks(const Batch& batch);
+// Runs fn(chunk_index) for every chunk, grouping small chunks into tasks of
+// about kChunkElements, in parallel when the total is large enough.
+void for_each_chunk(const std::vector<Chunk>& chunks,
+                    const std::function<void(size_t)>& fn);
+// Runs fn(i) for i in [0, n), one task each, in parallel.
+void for_each_index(size_t n, const std::function<void(size_t)>& fn);
+
+}  // namespace fusedopt

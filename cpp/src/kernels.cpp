@@ -1,0 +1,189 @@
+// The per-ISA kernels: this file is compiled once per instruction set with
+// FUSEDOPT_ISA_NAMESPACE naming the namespace (isa_baseline, isa_avx2, ...).
+// The loops are written once over scalars; the compiler vectorizes them for
+// each ISA. -ffp-contract=off keeps every ISA's results bitwise identical.
+#include <type_traits>
+#include <vector>
+
+#include "engine.h"
+#include "fusedopt/rules.h"
+
+#ifndef FUSEDOPT_ISA_NAMESPACE
+#error "FUSEDOPT_ISA_NAMESPACE must be defined"
+#endif
+
+namespace fusedopt {
+namespace FUSEDOPT_ISA_NAMESPACE {
+namespace {
+
+template <class T>
+T* offset(void* base, int64_t begin) {
+  return base == nullptr ? nullptr : static_cast<T*>(base) + begin;
+}
+
+// decay (p <- p - p * wd * lr) first, as Keras applies weight decay before the
+// update; then the rule, all in one pass over memory.
+template <class Rule, class T, bool kDecay>
+void elementwise_range(const typename Rule::template Scalars<opmath_t<T>>& c, opmath_t<T> decay,
+                       const TensorRef& t, int64_t begin, int64_t end) {
+  using Op = opmath_t<T>;
+  constexpr int N = Rule::kNumStates;
+  T* __restrict p = static_cast<T*>(t.param) + begin;
+  const T* __restrict g = static_cast<const T*>(t.grad) + begin;
+  T* __restrict s0 = offset<T>(t.state[0], begin);
+  T* __restrict s1 = offset<T>(t.state[1], begin);
+  T* __restrict s2 = offset<T>(t.state[2], begin);
+  const int64_t n = end - begin;
+#pragma GCC ivdep
+  for (int64_t i = 0; i < n; ++i) {
+    Op pv = Op(p[i]);
+    const Op gv = Op(g[i]);
+    Op st[kMaxStates];
+    if constexpr (N > 0) st[0] = Op(s0[i]);
+    if constexpr (N > 1) st[1] = Op(s1[i]);
+    if constexpr (N > 2) st[2] = Op(s2[i]);
+    if constexpr (kDecay) pv = pv - pv * decay;
+    Rule::update(c, pv, gv, st);
+    p[i] = T(pv);
+    if constexpr (N > 0) s0[i] = T(st[0]);
+    if constexpr (N > 1) s1[i] = T(st[1]);
+    if constexpr (N > 2) s2[i] = T(st[2]);
+  }
+}
+
+template <class Rule, class T>
+void run_elementwise(const Batch& batch, const Update& u) {
+  using Op = opmath_t<T>;
+  const auto c = Rule::template prepare<Op>(u.hyper, u.step);
+  const Op decay = Op(u.decay);
+  const auto chunks = make_chunks(batch);
+  for_each_chunk(chunks, [&](size_t i) {
+    const Chunk& ch = chunks[i];
+    const TensorRef& t = batch.tensors[size_t(ch.tensor)];
+    if (u.decay != 0.0)
+      elementwise_range<Rule, T, true>(c, decay, t, ch.begin, ch.end);
+    else
+      elementwise_range<Rule, T, false>(c, decay, t, ch.begin, ch.end);
+  });
+}
+
+// Sum of squares in double over 8 interleaved lanes (fixed order, so the
+// result depends on the data only).
+struct SquareSums {
+  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  void add(int64_t i, double x) { lanes[i & 7] += x * x; }
+  double total() const {
+    double s = 0.0;
+    for (double l : lanes) s += l;
+    return s;
+  }
+};
+
+template <class T>
+void run_lamb(const Batch& batch, const Update& u) {
+  using Rule = rules::Lamb;
+  using Op = opmath_t<T>;
+  const auto c = Rule::prepare<Op>(u.hyper, u.step);
+  const Op decay = Op(u.decay);
+  const auto chunks = make_chunks(batch);
+  std::vector<double> param_sq(chunks.size()), dir_sq(chunks.size());
+
+  // Pass 1: weight decay, moments, and per-chunk sums of p^2 and u^2.
+  for_each_chunk(chunks, [&](size_t i) {
+    const Chunk& ch = chunks[i];
+    const TensorRef& t = batch.tensors[size_t(ch.tensor)];
+    T* p = static_cast<T*>(t.param) + ch.begin;
+    const T* g = static_cast<const T*>(t.grad) + ch.begin;
+    T* m = static_cast<T*>(t.state[0]) + ch.begin;
+    T* v = static_cast<T*>(t.state[1]) + ch.begin;
+    SquareSums ps, ds;
+    for (int64_t k = 0; k < ch.end - ch.begin; ++k) {
+      Op pv = Op(p[k]);
+      if (u.decay != 0.0) {
+        pv = pv - pv * decay;
+        p[k] = T(pv);
+      }
+      Op st[2] = {Op(m[k]), Op(v[k])};
+      const Op dir = Rule::advance(c, Op(g[k]), st);
+      m[k] = T(st[0]);
+      v[k] = T(st[1]);
+      ps.add(k, double(pv));
+      ds.add(k, double(dir));
+    }
+    param_sq[i] = ps.total();
+    dir_sq[i] = ds.total();
+  });
+
+  // Per-tensor norms, combining chunk partials in chunk order.
+  std::vector<double> p_norm(batch.tensors.size(), 0.0), d_norm(batch.tensors.size(), 0.0);
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    p_norm[size_t(chunks[i].tensor)] += param_sq[i];
+    d_norm[size_t(chunks[i].tensor)] += dir_sq[i];
+  }
+  std::vector<Op> ratio_lr(batch.tensors.size());
+  for (size_t t = 0; t < batch.tensors.size(); ++t)
+    ratio_lr[t] = Op(Rule::trust_ratio(std::sqrt(p_norm[t]), std::sqrt(d_norm[t]))) * c.lr;
+
+  // Pass 2: apply.
+  for_each_chunk(chunks, [&](size_t i) {
+    const Chunk& ch = chunks[i];
+    const TensorRef& t = batch.tensors[size_t(ch.tensor)];
+    T* __restrict p = static_cast<T*>(t.param) + ch.begin;
+    const T* __restrict m = static_cast<const T*>(t.state[0]) + ch.begin;
+    const T* __restrict v = static_cast<const T*>(t.state[1]) + ch.begin;
+    const Op r = ratio_lr[size_t(ch.tensor)];
+    for (int64_t k = 0; k < ch.end - ch.begin; ++k) {
+      Op pv = Op(p[k]);
+      Rule::apply(r, pv, Rule::direction(c, Op(m[k]), Op(v[k])));
+      p[k] = T(pv);
+    }
+  });
+}
+
+template <class T>
+void run_adafactor(const Batch& batch, const Update& u) {
+  using Rule = rules::Adafactor;
+  using Op = opmath_t<T>;
+  const auto c = Rule::prepare<Op>(u.hyper, u.step);
+  for_each_index(batch.tensors.size(), [&](size_t i) {
+    const TensorRef& t = batch.tensors[i];
+    Rule::update_tensor<T, Op>(c, Op(u.decay), static_cast<T*>(t.param),
+                               static_cast<const T*>(t.grad), static_cast<T*>(t.state[0]),
+                               static_cast<T*>(t.state[1]), static_cast<T*>(t.state[2]),
+                               t.batch, t.rows, t.cols, t.factored);
+  });
+}
+
+template <class Rule, class T>
+void run_rule(const Batch& batch, const Update& u) {
+  if constexpr (std::is_same_v<Rule, rules::Lamb>)
+    run_lamb<T>(batch, u);
+  else if constexpr (std::is_same_v<Rule, rules::Adafactor>)
+    run_adafactor<T>(batch, u);
+  else
+    run_elementwise<Rule, T>(batch, u);
+}
+
+template <class Rule>
+void run_rule_any_dtype(const Batch& batch, const Update& u) {
+  if (batch.dtype == DType::kFloat64)
+    run_rule<Rule, double>(batch, u);
+  else
+    run_rule<Rule, float>(batch, u);
+}
+
+using RuleFn = void (*)(const Batch&, const Update&);
+constexpr RuleFn kRuleFns[] = {
+#define FUSEDOPT_RULE_FN(R) &run_rule_any_dtype<rules::R>,
+    FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_FN)
+#undef FUSEDOPT_RULE_FN
+};
+
+}  // namespace
+
+void apply(int rule_id, const Batch& batch, const Update& update) {
+  kRuleFns[rule_id](batch, update);
+}
+
+}  // namespace FUSEDOPT_ISA_NAMESPACE
+}  // namespace fusedopt
