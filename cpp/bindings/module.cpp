@@ -116,7 +116,7 @@ std::vector<py::ssize_t> factored_shape(const std::vector<py::ssize_t>& shape, i
 
 void apply_py(const std::string& rule_name, py::handle params_h, py::handle grads_h,
               py::handle states_h, py::dict hyper_d, int64_t step, py::handle lr_h,
-              py::handle weight_decay_h) {
+              py::handle weight_decay_h, bool dry_run) {
   const RuleInfo* rule = find_rule(rule_name);
   if (rule == nullptr) throw py::value_error("unknown rule '" + rule_name + "'");
 
@@ -218,6 +218,7 @@ void apply_py(const std::string& rule_name, py::handle params_h, py::handle grad
   inputs.erase(std::remove_if(inputs.begin(), inputs.end(), [](const Span& s) { return s.end == s.begin; }), inputs.end());
   require_no_aliasing(outputs, inputs);
 
+  if (dry_run) return;
   Update update;
   update.hyper = hyper.data();
   update.step = StepArgs{step, lr};
@@ -232,8 +233,10 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "fusedopt's C++ engine (private: use the fusedopt package).";
   m.def("apply", &apply_py, py::arg("rule"), py::arg("params"), py::arg("grads"),
         py::arg("states"), py::arg("hyper"), py::arg("step"), py::arg("learning_rate"),
-        py::arg("weight_decay") = 0.0,
-        "Apply one step of `rule` in place to every tensor. Validates everything first.");
+        py::arg("weight_decay") = 0.0, py::arg("dry_run") = false,
+        "Apply one step of `rule` in place to every tensor. Validates everything first;\n"
+        "with dry_run=True only validates. Weight decay is decoupled: p -= p * weight_decay\n"
+        "* learning_rate before the rule.");
   m.def("rules", [] {
     py::dict out;
     for (const auto& r : rule_table()) {

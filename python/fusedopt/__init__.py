@@ -1,0 +1,89 @@
+"""fusedopt: fused, multi-threaded C++ optimizer kernels for Keras and NumPy.
+
+The top level holds the NumPy-facing optimizers (Keras's names and numerics)
+and engine controls; `fusedopt.ops` holds the functional in-place kernels.
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+from fusedopt import _core, ops
+from fusedopt.optimizers import (
+    SGD,
+    Adadelta,
+    Adafactor,
+    Adagrad,
+    Adam,
+    Adamax,
+    AdamW,
+    Ftrl,
+    Lamb,
+    Lion,
+    Muon,
+    Nadam,
+    Optimizer,
+    RMSprop,
+    ScheduleFreeAdamW,
+)
+
+__version__ = "0.1.0"
+
+
+def set_num_threads(num_threads: int) -> None:
+    """Use `num_threads` threads (the caller included) in every kernel call.
+
+    Results are bitwise identical for every thread count. The default is the
+    FUSEDOPT_NUM_THREADS or OMP_NUM_THREADS environment variable, else the
+    number of CPUs.
+    """
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int):
+        raise TypeError(f"num_threads must be an int, got {type(num_threads).__name__}")
+    _core.set_num_threads(num_threads)
+
+
+def get_num_threads() -> int:
+    """The number of threads kernel calls use."""
+    return _core.get_num_threads()
+
+
+def build_info() -> dict[str, Any]:
+    """What this build runs with: ISA in use and available, threads, versions."""
+    import numpy
+
+    return {
+        "version": __version__,
+        "isa": _core.active_isa(),
+        "available_isas": _core.available_isas(),
+        "num_threads": _core.get_num_threads(),
+        "compiler": _core.compiler,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "machine": platform.machine(),
+        "chunk_elements": _core.chunk_elements,
+    }
+
+
+__all__ = [
+    "Optimizer",
+    "SGD",
+    "RMSprop",
+    "Adagrad",
+    "Adadelta",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "Nadam",
+    "Ftrl",
+    "Lion",
+    "Lamb",
+    "Adafactor",
+    "ScheduleFreeAdamW",
+    "Muon",
+    "ops",
+    "build_info",
+    "set_num_threads",
+    "get_num_threads",
+    "__version__",
+]

@@ -1,0 +1,37 @@
+"""Turning what users pass into the arrays the C++ engine reads, without copies."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def as_array(x: Any, name: str) -> Any:
+    """Return `x` as a NumPy view when it is a DLPack CPU tensor; else unchanged.
+
+    Arrays that are neither NumPy nor DLPack are passed on as they are, and the
+    engine's validation rejects them with a TypeError naming `name`.
+    """
+    if isinstance(x, np.ndarray) or not hasattr(x, "__dlpack__"):
+        return x
+    try:
+        view = np.from_dlpack(x)
+    except (BufferError, TypeError, RuntimeError, ValueError) as err:
+        raise TypeError(
+            f"{name} could not be viewed as a CPU array through DLPack: {err}"
+        ) from err
+    return view
+
+
+def as_array_list(xs: Any, name: str) -> list:
+    """A list of arrays from a list/tuple (or one array), each viewed without copying."""
+    if isinstance(xs, np.ndarray) or hasattr(xs, "__dlpack__"):
+        raise TypeError(f"{name} must be a list of arrays, not a single array; wrap it in a list")
+    if not isinstance(xs, (list, tuple)):
+        raise TypeError(f"{name} must be a list of arrays, got {type(xs).__name__}")
+    return [as_array(x, f"{name}[{i}]") for i, x in enumerate(xs)]
+
+
+def as_state_lists(states: Sequence[Any], names: Sequence[str]) -> list:
+    return [as_array_list(s, n) for s, n in zip(states, names)]

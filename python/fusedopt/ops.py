@@ -1,0 +1,154 @@
+"""Functional in-place kernels, for callers who own the optimizer state.
+
+Every function updates `params` and the state lists in place, in one native
+call over all tensors, with the GIL released::
+
+    import numpy as np, fusedopt.ops as F
+    p = [np.ones(4, np.float32)]; g = [np.full(4, 0.1, np.float32)]
+    m = [np.zeros(4, np.float32)]; v = [np.zeros(4, np.float32)]
+    F.adam_(p, g, m, v, learning_rate=1e-3, step=1)
+
+`step` is 1-based (Keras's ``iterations + 1``). `weight_decay` is decoupled:
+``p -= p * weight_decay * learning_rate`` before the rule, as Keras applies it.
+Arguments are validated before anything is written; bad input raises
+TypeError/ValueError naming the argument and tensor index.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Mapping, Sequence
+
+from fusedopt import _core
+from fusedopt._arrays import as_array_list, as_state_lists
+
+RULES: dict = _core.rules()
+
+# Keras's defaults, per rule (the hyperparameters the engine takes).
+_DEFAULTS: dict[str, dict[str, float]] = {
+    "sgd": {},
+    "sgd_momentum": {"momentum": 0.9},
+    "sgd_nesterov": {"momentum": 0.9},
+    "sgd_dampened": {"momentum": 0.9},
+    "rmsprop": {"rho": 0.9, "momentum": 0.0, "epsilon": 1e-7},
+    "rmsprop_momentum": {"rho": 0.9, "momentum": 0.9, "epsilon": 1e-7},
+    "rmsprop_centered": {"rho": 0.9, "momentum": 0.0, "epsilon": 1e-7},
+    "rmsprop_centered_momentum": {"rho": 0.9, "momentum": 0.9, "epsilon": 1e-7},
+    "adagrad": {"epsilon": 1e-7},
+    "adadelta": {"rho": 0.95, "epsilon": 1e-7},
+    "adam": {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7},
+    "adam_amsgrad": {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7},
+    "adamax": {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7},
+    "nadam": {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "u_product": None},
+    "ftrl": {
+        "learning_rate_power": -0.5,
+        "l1_regularization_strength": 0.0,
+        "l2_regularization_strength": 0.0,
+        "l2_shrinkage_regularization_strength": 0.0,
+        "beta": 0.0,
+    },
+    "lion": {"beta_1": 0.9, "beta_2": 0.99},
+    "lamb": {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7},
+    "adafactor": {"beta_2_decay": -0.8, "epsilon_1": 1e-30, "epsilon_2": 1e-3, "clip_threshold": 1.0},
+    "schedule_free_adamw": {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-8, "warmup_steps": 0},
+    "muon_momentum": {"momentum": 0.95, "nesterov": True},
+}
+
+
+def apply(
+    rule: str,
+    params: Sequence[Any],
+    grads: Sequence[Any],
+    states: Sequence[Sequence[Any]],
+    *,
+    learning_rate: float,
+    step: int = 1,
+    weight_decay: float = 0.0,
+    hyper: Mapping[str, float] | None = None,
+    dry_run: bool = False,
+) -> None:
+    """Apply one step of `rule` (a name from ``fusedopt.ops.RULES``) in place.
+
+    `states` holds one list per slot, in the order ``RULES[rule]["states"]``.
+    Missing hyperparameters take Keras's defaults. With ``dry_run=True`` the
+    call only validates its arguments.
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; choose one of {sorted(RULES)}")
+    merged = {**_DEFAULTS[rule], **(hyper or {})}
+    missing = [k for k, v in merged.items() if v is None]
+    if missing:
+        raise ValueError(f"{rule} needs the hyperparameter(s) {missing} (no default)")
+    names = RULES[rule]["states"]
+    if not isinstance(states, (list, tuple)):
+        raise TypeError(f"states must be a list of {len(names)} lists of arrays ({names})")
+    _core.apply(
+        rule,
+        as_array_list(params, "params"),
+        as_array_list(grads, "grads"),
+        as_state_lists(states, names) if len(states) == len(names) else list(states),
+        merged,
+        step,
+        learning_rate,
+        weight_decay,
+        dry_run,
+    )
+
+
+def _plural(slot: str) -> str:
+    """Name of the list of one slot's arrays: momentum -> momentums, velocity -> velocities."""
+    return slot[:-1] + "ies" if slot.endswith("y") else slot + "s"
+
+
+def _make_kernel(rule: str) -> Callable[..., None]:
+    state_names = RULES[rule]["states"]
+    defaults = _DEFAULTS[rule]
+
+    def kernel(params, grads, *states, learning_rate, step=1, weight_decay=0.0, **hyper) -> None:
+        if len(states) != len(state_names):
+            raise TypeError(
+                f"{rule}_ takes {len(state_names)} state lists after grads "
+                f"({', '.join(_plural(n) for n in state_names) or 'none'}), got {len(states)}"
+            )
+        apply(rule, params, grads, list(states), learning_rate=learning_rate, step=step,
+              weight_decay=weight_decay, hyper=hyper)
+
+    P = inspect.Parameter
+    parameters = [P("params", P.POSITIONAL_OR_KEYWORD), P("grads", P.POSITIONAL_OR_KEYWORD)]
+    parameters += [P(_plural(s), P.POSITIONAL_OR_KEYWORD) for s in state_names]
+    parameters += [P("learning_rate", P.KEYWORD_ONLY), P("step", P.KEYWORD_ONLY, default=1),
+                   P("weight_decay", P.KEYWORD_ONLY, default=0.0)]
+    parameters += [P(k, P.KEYWORD_ONLY, default=v if v is not None else P.empty) for k, v in defaults.items()]
+    kernel.__signature__ = inspect.Signature(parameters, return_annotation=None)  # type: ignore[attr-defined]
+    kernel.__name__ = kernel.__qualname__ = f"{rule}_"
+    kernel.__doc__ = (
+        f"One in-place step of the {rule!r} rule over lists of arrays.\n\n"
+        f"State lists, in order: {', '.join(_plural(n) for n in state_names) or 'none'}. Hyperparameters "
+        f"(Keras defaults): {defaults or 'none'}. See the module docstring and "
+        f"`fusedopt/include/fusedopt/rules/` for the exact update."
+    )
+    return kernel
+
+
+sgd_ = _make_kernel("sgd")
+sgd_momentum_ = _make_kernel("sgd_momentum")
+sgd_nesterov_ = _make_kernel("sgd_nesterov")
+sgd_dampened_ = _make_kernel("sgd_dampened")
+rmsprop_ = _make_kernel("rmsprop")
+rmsprop_momentum_ = _make_kernel("rmsprop_momentum")
+rmsprop_centered_ = _make_kernel("rmsprop_centered")
+rmsprop_centered_momentum_ = _make_kernel("rmsprop_centered_momentum")
+adagrad_ = _make_kernel("adagrad")
+adadelta_ = _make_kernel("adadelta")
+adam_ = _make_kernel("adam")
+adam_amsgrad_ = _make_kernel("adam_amsgrad")
+adamax_ = _make_kernel("adamax")
+nadam_ = _make_kernel("nadam")
+ftrl_ = _make_kernel("ftrl")
+lion_ = _make_kernel("lion")
+lamb_ = _make_kernel("lamb")
+adafactor_ = _make_kernel("adafactor")
+schedule_free_adamw_ = _make_kernel("schedule_free_adamw")
+muon_momentum_ = _make_kernel("muon_momentum")
+
+__all__ = ["RULES", "apply"] + [f"{r}_" for r in RULES]
