@@ -227,6 +227,52 @@ void apply_py(const std::string& rule_name, py::handle params_h, py::handle grad
   fusedopt::apply(rule->id, batch, update);
 }
 
+// outputs[k][i] <- outputs[k][i] + inputs[i], for every slot k and tensor i.
+void stream_roofline_py(py::handle outputs_h, py::handle inputs_h) {
+  const py::sequence inputs = as_list(inputs_h, "inputs");
+  const py::sequence output_lists = as_list(outputs_h, "outputs");
+  const size_t n = inputs.size();
+  std::vector<std::vector<void*>> outs(n);
+  std::vector<const void*> ins;
+  std::vector<int64_t> sizes;
+  std::vector<py::array> keep_alive;
+  std::vector<Span> out_spans, in_spans;
+  py::dtype dtype = py::dtype::of<float>();
+  for (size_t i = 0; i < n; ++i) {
+    const std::string iname = label("inputs", i);
+    py::array in = as_array(inputs[i], iname);
+    if (i == 0) {
+      dtype = in.dtype();
+      if (!dtype.equal(py::dtype::of<float>()) && !dtype.equal(py::dtype::of<double>()))
+        throw py::type_error("inputs[0] must be float32 or float64");
+    }
+    require_dtype(in, dtype, iname, "inputs[0]");
+    require_layout(in, iname, false);
+    ins.push_back(in.data());
+    sizes.push_back(int64_t(in.size()));
+    in_spans.push_back(span_of(in, iname));
+    keep_alive.push_back(in);
+  }
+  for (size_t k = 0; k < output_lists.size(); ++k) {
+    const py::sequence outs_k = as_list(output_lists[k], label("outputs", k));
+    if (outs_k.size() != n) throw py::value_error(label("outputs", k) + " must have one array per input");
+    for (size_t i = 0; i < n; ++i) {
+      const std::string oname = label("outputs", k) + "[" + std::to_string(i) + "]";
+      py::array o = as_array(outs_k[i], oname);
+      require_dtype(o, dtype, oname, "inputs[0]");
+      require_shape(o, shape_of(py::reinterpret_borrow<py::array>(inputs[i])), oname, "inputs has shape");
+      require_layout(o, oname, true);
+      outs[i].push_back(o.mutable_data());
+      out_spans.push_back(span_of(o, oname));
+      keep_alive.push_back(o);
+    }
+  }
+  require_no_aliasing(out_spans, in_spans);
+  const DType dt = dtype.equal(py::dtype::of<double>()) ? DType::kFloat64 : DType::kFloat32;
+  py::gil_scoped_release release;
+  fusedopt::stream_roofline(dt, outs, ins, sizes);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -264,6 +310,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("nadam_next_u_product", &rules::Nadam::next_u_product, py::arg("previous"),
         py::arg("beta_1"), py::arg("step"),
         "Nadam's running product of momentum-schedule factors after `step`.");
+  m.def("stream_roofline", &stream_roofline_py, py::arg("outputs"), py::arg("inputs"),
+        "Memory roofline for benchmarks: outputs[k][i] += inputs[i] with the engine's\n"
+        "chunking and threads (reads len(outputs)+1 arrays, writes len(outputs)).");
   m.attr("chunk_elements") = kChunkElements;
 #if defined(__clang__)
   m.attr("compiler") = "clang " __clang_version__;

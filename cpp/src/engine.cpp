@@ -15,6 +15,8 @@ namespace fusedopt {
 #define FUSEDOPT_DECLARE_ISA(ns) \
   namespace ns {                 \
   void apply(int rule_id, const Batch& batch, const Update& update); \
+  void stream_roofline(DType, const std::vector<std::vector<void*>>&,      \
+                       const std::vector<const void*>&, const Batch&);      \
   }
 FUSEDOPT_DECLARE_ISA(isa_baseline)
 #ifdef FUSEDOPT_HAVE_AVX2
@@ -56,6 +58,8 @@ struct IsaEntry {
   const char* name;
   bool (*supported)();
   void (*apply)(int, const Batch&, const Update&);
+  void (*roofline)(DType, const std::vector<std::vector<void*>>&, const std::vector<const void*>&,
+                   const Batch&);
 };
 
 bool always() { return true; }
@@ -71,12 +75,12 @@ bool has_avx512() {
 const std::vector<IsaEntry>& isa_table() {
   static const std::vector<IsaEntry> table = {
 #ifdef FUSEDOPT_HAVE_AVX512
-      {"avx512", &has_avx512, &isa_avx512::apply},
+      {"avx512", &has_avx512, &isa_avx512::apply, &isa_avx512::stream_roofline},
 #endif
 #ifdef FUSEDOPT_HAVE_AVX2
-      {"avx2", &has_avx2, &isa_avx2::apply},
+      {"avx2", &has_avx2, &isa_avx2::apply, &isa_avx2::stream_roofline},
 #endif
-      {"baseline", &always, &isa_baseline::apply},
+      {"baseline", &always, &isa_baseline::apply, &isa_baseline::stream_roofline},
   };
   return table;
 }
@@ -135,6 +139,20 @@ void apply(int rule_id, const Batch& batch, const Update& update) {
   auto& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
   s.isa->apply(rule_id, batch, update);
+}
+
+void stream_roofline(DType dtype, const std::vector<std::vector<void*>>& outputs,
+                     const std::vector<const void*>& inputs, const std::vector<int64_t>& sizes) {
+  Batch sizes_only;
+  sizes_only.dtype = dtype;
+  for (int64_t n : sizes) {
+    TensorRef t;
+    t.size = n;
+    sizes_only.tensors.push_back(t);
+  }
+  auto& s = state();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  s.isa->roofline(dtype, outputs, inputs, sizes_only);
 }
 
 void set_num_threads(int n) {

@@ -55,6 +55,12 @@ const RuleInfo* find_rule(const std::string& name);
 // already be validated. Not reentrant across threads: calls are serialized.
 void apply(int rule_id, const Batch& batch, const Update& update);
 
+// The memory-bandwidth roofline for a rule: each output o_k <- o_k + input,
+// with the same chunking and threads as `apply`, so a rule that reads and
+// writes the same bytes can be compared with it. Pointers are float or double.
+void stream_roofline(DType dtype, const std::vector<std::vector<void*>>& outputs,
+                     const std::vector<const void*>& inputs, const std::vector<int64_t>& sizes);
+
 // Threads: 1 means the calling thread only.
 void set_num_threads(int n);
 int get_num_threads();

@@ -179,7 +179,29 @@ constexpr RuleFn kRuleFns[] = {
 #undef FUSEDOPT_RULE_FN
 };
 
+template <class T>
+void run_roofline(const std::vector<std::vector<void*>>& outputs,
+                  const std::vector<const void*>& inputs, const Batch& sizes_only) {
+  const auto chunks = make_chunks(sizes_only);
+  for_each_chunk(chunks, [&](size_t i) {
+    const Chunk& ch = chunks[i];
+    const T* __restrict in = static_cast<const T*>(inputs[size_t(ch.tensor)]) + ch.begin;
+    for (void* out_v : outputs[size_t(ch.tensor)]) {
+      T* __restrict out = static_cast<T*>(out_v) + ch.begin;
+      for (int64_t k = 0; k < ch.end - ch.begin; ++k) out[k] = out[k] + in[k];
+    }
+  });
+}
+
 }  // namespace
+
+void stream_roofline(DType dtype, const std::vector<std::vector<void*>>& outputs,
+                     const std::vector<const void*>& inputs, const Batch& sizes_only) {
+  if (dtype == DType::kFloat64)
+    run_roofline<double>(outputs, inputs, sizes_only);
+  else
+    run_roofline<float>(outputs, inputs, sizes_only);
+}
 
 void apply(int rule_id, const Batch& batch, const Update& update) {
   kRuleFns[rule_id](batch, update);
