@@ -1,0 +1,33 @@
+// Op registrations: inputs, attributes and the (empty) shape function.
+#include "fused_update_ops.h"
+
+#include "tensorflow/core/framework/common_shape_fns.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace tensorflow {
+
+// params:  num_tensors resource variables, updated in place
+// states:  num_states resource variables, slot-major (slot k of tensor i at
+//          k * num_tensors + i), in Keras's slot order
+// grads:   num_tensors dense gradients
+// hyper:   the rule's hyperparameters (float64, the engine's order)
+// learning_rate, step (1-based), decay (decoupled weight decay factor wd * lr)
+#define FUSEDOPT_REGISTER_OP(op_name, rule)                       \
+  REGISTER_OP(op_name)                                            \
+      .Input("params: num_tensors * resource")                    \
+      .Input("states: num_states * resource")                     \
+      .Input("grads: num_tensors * T")                            \
+      .Input("hyper: double")                                     \
+      .Input("learning_rate: double")                             \
+      .Input("step: int64")                                       \
+      .Input("decay: double")                                     \
+      .Attr("T: {float, double}")                                 \
+      .Attr("num_tensors: int >= 0")                              \
+      .Attr("num_states: int >= 0")                               \
+      .SetIsStateful()                                            \
+      .SetShapeFn(shape_inference::NoOutputs);
+
+FUSEDOPT_TF_FOR_EACH_OP(FUSEDOPT_REGISTER_OP)
+
+}  // namespace tensorflow
