@@ -21,4 +21,4 @@
   X("FusedoptLion", "lion")                                                            \
   X("FusedoptLamb", "lamb")                                                            \
   X("FusedoptAdafactor", "adafactor")                                                  \
-  X("FusedoptScheduleFreeAdamW", "schedule_free_adamw")
+  X("FusedoptScheduleFreeAdamw", "schedule_free_adamw")

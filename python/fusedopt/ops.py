@@ -50,7 +50,8 @@ _DEFAULTS: dict[str, dict[str, float]] = {
     "lion": {"beta_1": 0.9, "beta_2": 0.99},
     "lamb": {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7},
     "adafactor": {"beta_2_decay": -0.8, "epsilon_1": 1e-30, "epsilon_2": 1e-3, "clip_threshold": 1.0},
-    "schedule_free_adamw": {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-8, "warmup_steps": 0},
+    "schedule_free_adamw": {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-8, "warmup_steps": 0,
+                            "x_from_new_z": False},
     "muon_momentum": {"momentum": 0.95, "nesterov": True},
 }
 

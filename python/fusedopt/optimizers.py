@@ -624,7 +624,10 @@ class ScheduleFreeAdamW(_AdamFamily):
         x' = (1-\tfrac1t) x + \tfrac1t z',\
         y \leftarrow (1-\beta_1) z' + \beta_1 x'
 
-    with :math:`\eta_t = \eta\min(t/\text{warmup\_steps}, 1)`. Reference:
+    with :math:`\eta_t = \eta\min(t/\text{warmup\_steps}, 1)`.
+    ``x_from_new_z=True`` recovers x with z' instead of z: what the Keras
+    built-in computes on the TensorFlow backend (it reads the momentum slot
+    after updating it); the default follows the paper (and Keras on JAX). Reference:
     Defazio et al., "The Road Less Scheduled", NeurIPS 2024.
     """
 
@@ -633,8 +636,9 @@ class ScheduleFreeAdamW(_AdamFamily):
 
     def __init__(self, params, learning_rate: LearningRate = 0.0025, beta_1: float = 0.9,
                  beta_2: float = 0.999, epsilon: float = 1e-8, warmup_steps: int = 0,
-                 **kwargs) -> None:
+                 x_from_new_z: bool = False, **kwargs) -> None:
         self.warmup_steps = int(_check_number(warmup_steps, "warmup_steps", low=0.0))
+        self.x_from_new_z = bool(x_from_new_z)
         super().__init__(params, learning_rate, beta_1, beta_2, epsilon, **kwargs)
         if self.beta_1 == 0.0:
             raise ValueError("beta_1 must be > 0 for ScheduleFreeAdamW")
@@ -644,7 +648,8 @@ class ScheduleFreeAdamW(_AdamFamily):
         self.slots["velocity"] = [np.zeros_like(p) for p in self.params]
 
     def _hyper(self):
-        return {**super()._hyper(), "warmup_steps": self.warmup_steps}
+        return {**super()._hyper(), "warmup_steps": self.warmup_steps,
+                "x_from_new_z": self.x_from_new_z}
 
 
 class Muon(Optimizer):

@@ -1,0 +1,54 @@
+"""fusedopt.keras: drop-in Keras 3 optimizers that run one fused op per step.
+
+Change one import::
+
+    from fusedopt.keras import Adam       # instead of keras.optimizers.Adam
+    model.compile(optimizer=Adam(1e-3), loss=...)
+
+On the TensorFlow backend each step runs one fused in-graph op over all
+variables (built at first use against the installed TensorFlow; prebuild it
+with ``fusedopt build-ops``). Elsewhere, and under XLA, the optimizers run
+Keras's own update, with the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fusedopt.keras import _op_library
+from fusedopt.keras.optimizers import (
+    SGD,
+    Adadelta,
+    Adafactor,
+    Adagrad,
+    Adam,
+    Adamax,
+    AdamW,
+    Ftrl,
+    Lamb,
+    Lion,
+    Muon,
+    Nadam,
+    RMSprop,
+    ScheduleFreeAdamW,
+)
+
+
+def build_ops(force: bool = False) -> str:
+    """Build (or find in the cache) the TensorFlow op library; return its path."""
+    return str(_op_library.build(force=force))
+
+
+def op_library_status() -> dict[str, Any]:
+    """Whether the op library is loaded, its path, and the error if it could not be."""
+    try:
+        _op_library.load()
+    except _op_library.OpLibraryError:
+        pass
+    return _op_library.status()
+
+
+__all__ = [
+    "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "AdamW", "Adamax", "Nadam", "Ftrl",
+    "Lion", "Lamb", "Adafactor", "ScheduleFreeAdamW", "Muon", "build_ops", "op_library_status",
+]

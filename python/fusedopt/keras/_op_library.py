@@ -1,0 +1,182 @@
+"""Build, cache and load the TensorFlow op library (cpp/tf) at first use.
+
+A TensorFlow C++ binary is tied to one TF release, so the thin TF glue is
+compiled against the TensorFlow installed at run time; the math is already
+compiled in the package (libfusedopt_engine). Builds are cached under
+``$FUSEDOPT_CACHE_DIR`` (default ``~/.cache/fusedopt``) keyed by package
+version, sources, TF version, flags and compiler; a lock file makes
+concurrent processes build once; a manifest with the library's SHA-256 lets a
+corrupt or half-written entry be detected and rebuilt.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
+_SOURCES = ("fused_update_ops.cc", "fused_update_kernels.cc")
+_HEADERS = ("fused_update_ops.h",)
+_LIB_NAME = "fusedopt_tf_ops.so"
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {"module": None, "error": None, "path": None, "tried": False}
+
+
+class OpLibraryError(RuntimeError):
+    """The TensorFlow op library could not be built or loaded."""
+
+
+def _source_dir() -> Path:
+    return _PACKAGE_DIR / "tf_src"
+
+
+def _cache_root() -> Path:
+    root = os.environ.get("FUSEDOPT_CACHE_DIR")
+    if root:
+        return Path(root)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fusedopt"
+
+
+def _compiler() -> list[str]:
+    return shlex.split(os.environ.get("CXX", "c++"))
+
+
+def _compiler_version(cxx: list[str]) -> str:
+    try:
+        out = subprocess.run(cxx + ["--version"], capture_output=True, text=True, timeout=30)
+        return out.stdout.splitlines()[0] if out.stdout else ""
+    except (OSError, subprocess.SubprocessError) as err:
+        raise OpLibraryError(f"no C++ compiler found ({' '.join(cxx)}): {err}") from err
+
+
+def build_command(output: Path) -> list[str]:
+    """The compiler command that builds the op library into `output`."""
+    import tensorflow as tf
+
+    src = _source_dir()
+    return (
+        _compiler()
+        + ["-O2", "-fPIC", "-shared", "-w", "-DEIGEN_USE_THREADS"]
+        + list(tf.sysconfig.get_compile_flags())
+        + ["-I" + str(_PACKAGE_DIR / "include"), "-I" + str(src)]
+        + [str(src / s) for s in _SOURCES]
+        + ["-o", str(output)]
+        + list(tf.sysconfig.get_link_flags())
+        + ["-L" + str(_PACKAGE_DIR), "-l:libfusedopt_engine.so", "-Wl,-rpath," + str(_PACKAGE_DIR)]
+    )
+
+
+def cache_key() -> str:
+    """Hash of everything the binary depends on."""
+    import tensorflow as tf
+
+    from fusedopt import __version__
+
+    h = hashlib.sha256()
+    for part in (__version__, tf.__version__, sys.platform, _compiler_version(_compiler()),
+                 " ".join(build_command(Path("OUT")))):
+        h.update(part.encode())
+        h.update(b"\0")
+    for name in _SOURCES + _HEADERS:
+        h.update((_source_dir() / name).read_bytes())
+    h.update((_PACKAGE_DIR / "include" / "fusedopt" / "c_api.h").read_bytes())
+    return h.hexdigest()[:24]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _entry_is_valid(entry: Path) -> bool:
+    lib, manifest = entry / _LIB_NAME, entry / "manifest.json"
+    try:
+        return lib.is_file() and json.loads(manifest.read_text())["sha256"] == _sha256(lib)
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def build(force: bool = False) -> Path:
+    """Build the op library into the cache (if needed) and return its path."""
+    entry = _cache_root() / cache_key()
+    entry.mkdir(parents=True, exist_ok=True)
+    with open(entry / "build.lock", "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)  # one builder; the others wait, then reuse
+        if not force and _entry_is_valid(entry):
+            return entry / _LIB_NAME
+        fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=entry)
+        os.close(fd)
+        try:
+            cmd = build_command(Path(tmp))
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise OpLibraryError("compiling the TensorFlow op library failed:\n"
+                                     + " ".join(cmd) + "\n" + proc.stderr[-4000:])
+            digest = _sha256(Path(tmp))
+            os.replace(tmp, entry / _LIB_NAME)
+            (entry / "manifest.json.tmp").write_text(json.dumps({"sha256": digest, "command": cmd}))
+            os.replace(entry / "manifest.json.tmp", entry / "manifest.json")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return entry / _LIB_NAME
+
+
+def load() -> Any:
+    """The loaded op module, building it at first use; raises OpLibraryError."""
+    with _lock:
+        if _state["module"] is not None:
+            return _state["module"]
+        if _state["tried"]:
+            raise OpLibraryError(_state["error"])
+        _state["tried"] = True
+        try:
+            if os.environ.get("FUSEDOPT_DISABLE_TF_OPS"):
+                raise OpLibraryError("disabled by the FUSEDOPT_DISABLE_TF_OPS environment variable")
+            import tensorflow as tf
+
+            path = build()
+            try:
+                module = tf.load_op_library(str(path))
+            except Exception:  # a stale or corrupt entry: rebuild once
+                path = build(force=True)
+                module = tf.load_op_library(str(path))
+        except Exception as err:  # noqa: BLE001 - any failure means "fall back"
+            _state["error"] = f"{type(err).__name__}: {err}"
+            raise OpLibraryError(_state["error"]) from err
+        _state["module"], _state["path"] = module, path
+        return module
+
+
+def available() -> bool:
+    """Whether the fused ops can be used; warns once (and only once) if not."""
+    try:
+        load()
+        return True
+    except OpLibraryError as err:
+        if not _state.get("warned"):
+            _state["warned"] = True
+            warnings.warn(
+                "fusedopt: the TensorFlow op library is unavailable, so fusedopt.keras "
+                f"optimizers use Keras's own update (same numbers, not fused). Reason: {err}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return False
+
+
+def status() -> dict[str, Any]:
+    """Whether the op library is built/loaded, where, and why not."""
+    return {"loaded": _state["module"] is not None, "path": str(_state["path"]) if _state["path"] else None,
+            "error": _state["error"], "cache_dir": str(_cache_root())}

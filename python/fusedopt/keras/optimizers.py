@@ -1,0 +1,396 @@
+"""Drop-in Keras optimizers whose update step is one fused TensorFlow op.
+
+Each class subclasses the Keras built-in of the same name, so constructor
+arguments, defaults, slot variables (names and order), ``get_config`` and the
+pure ``keras.ops`` ``update_step`` are Keras's own. Only the TensorFlow
+update step changes: instead of one ``extended.update`` per variable, all
+variables of a dtype go to one fused op that updates params and slots in
+place (``cpp/tf``, engine in C++). Everything around it -- loss-scale
+unscaling, clipping, gradient accumulation, EMA, constraints, iterations --
+stays Keras's. Decoupled weight decay is done inside the fused op.
+
+Falls back to Keras's own update (same formulas, same variables) for: other
+Keras backends, an XLA context (``jit_compile=True``), sparse
+(``IndexedSlices``) gradients (Keras's sparse semantics), dtypes other than
+float32/float64, non-CPU variables, and a machine where the op library cannot
+be built (one warning).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import keras
+
+from fusedopt.keras import _op_library
+
+__all__ = [
+    "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "AdamW", "Adamax", "Nadam", "Ftrl",
+    "Lion", "Lamb", "Adafactor", "ScheduleFreeAdamW", "Muon",
+]
+
+_FUSED_DTYPES = ("float32", "float64")
+
+
+def _in_xla_context() -> bool:
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+
+
+def _op_function(rule: str) -> Callable[..., Any]:
+    return getattr(_op_library.load(), "fusedopt_" + rule)
+
+
+def _tf_variable(v: Any) -> Any:
+    return v.value if isinstance(v, keras.Variable) else v
+
+
+class _Fused:
+    """Mixin over a Keras optimizer: the fused TensorFlow update step.
+
+    Subclasses say which engine rule runs (`_fused_rule`), with which
+    hyperparameters (`_fused_hyper`, in the engine's order) and which slot
+    variables of a variable it updates (`_fused_slots`, Keras's order).
+    """
+
+    _fuse_weight_decay = True  # Muon decays with its own per-variable rule
+
+    # -- per-optimizer description -------------------------------------------
+    def _fused_rule(self) -> str:
+        raise NotImplementedError
+
+    def _fused_hyper(self) -> list:
+        raise NotImplementedError
+
+    def _fused_slots(self, variable: Any) -> list:
+        raise NotImplementedError
+
+    def _fused_variable_ok(self, variable: Any) -> bool:
+        return True
+
+    def _fused_learning_rate(self, learning_rate: Any) -> Any:
+        return learning_rate
+
+    # -- when the fused op runs ------------------------------------------------
+    def _fused_possible(self) -> bool:
+        return (keras.backend.backend() == "tensorflow" and not _in_xla_context()
+                and _op_library.available())
+
+    def _fusable(self, grad: Any, variable: Any) -> bool:
+        import tensorflow as tf
+
+        return (grad is not None and not isinstance(grad, tf.IndexedSlices)
+                and str(variable.dtype) in _FUSED_DTYPES
+                and "GPU" not in (_tf_variable(variable).device or "").upper()
+                and self._fused_variable_ok(variable))
+
+    def _apply_weight_decay(self, variables):
+        # Keras calls this right before _backend_update_step; when the fused
+        # op will run, decay is deferred to it (one pass over memory).
+        if self.weight_decay is not None and self._fuse_weight_decay and self._fused_possible():
+            self._fused_decay_deferred = True
+            return
+        super()._apply_weight_decay(variables)
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        return self._fused_update_step(grads, trainable_variables, learning_rate,
+                                       super()._backend_update_step)
+
+    def _fused_update_step(self, grads, variables, learning_rate, keras_update_step):
+        decay_deferred = getattr(self, "_fused_decay_deferred", False)
+        self._fused_decay_deferred = False
+        if not self._fused_possible():
+            return keras_update_step(grads, variables, learning_rate)
+        pairs = list(zip(grads, variables))
+        fused = [(g, v) for g, v in pairs if self._fusable(g, v)]
+        rest = [(g, v) for g, v in pairs if not self._fusable(g, v)]
+        if rest:
+            rest_vars = [v for _, v in rest]
+            if decay_deferred:
+                super()._apply_weight_decay(rest_vars)
+            keras_update_step([g for g, _ in rest], rest_vars, learning_rate)
+        if fused:
+            self._fused_tf_update(fused, learning_rate, decay_deferred)
+
+    def _fused_tf_update(self, grads_and_keras_vars, learning_rate, decay):
+        import tensorflow as tf
+
+        keras_vars = [v for _, v in grads_and_keras_vars]
+        grads_and_vars = self._all_reduce_sum_gradients(
+            [(g, _tf_variable(v)) for g, v in grads_and_keras_vars])
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            self._fused_distributed_update, self._distribution_strategy, grads_and_vars,
+            keras_vars, learning_rate, decay)
+
+    def _fused_distributed_update(self, distribution, grads_and_vars, keras_vars, learning_rate,
+                                  decay):
+        # One update call for all variables: inside it, a distributed
+        # variable's handle is the current replica's, and per-replica
+        # gradients arrive unwrapped.
+        grads = [g for g, _ in grads_and_vars]
+
+        def update_all(_anchor, *replica_grads):
+            return self._run_fused_ops(list(replica_grads), keras_vars, learning_rate, decay)
+
+        distribution.extended.update(grads_and_vars[0][1], update_all, args=tuple(grads),
+                                     group=False)
+
+    def _run_fused_ops(self, grads, keras_vars, learning_rate, decay):
+        import tensorflow as tf
+
+        lr = tf.cast(self._fused_learning_rate(learning_rate), tf.float64)
+        step = tf.cast(self.iterations + 1, tf.int64)
+        hyper = tf.cast(tf.stack([tf.cast(h, tf.float64) for h in self._fused_hyper()]), tf.float64) \
+            if self._fused_hyper() else tf.zeros([0], tf.float64)
+        op = _op_function(self._fused_rule())
+        # One op per (dtype, decays?) group: usually exactly one.
+        groups: dict = {}
+        for g, v in zip(grads, keras_vars):
+            decays = bool(decay and self._use_weight_decay(v))
+            groups.setdefault((str(v.dtype), decays), []).append((g, v))
+        ops = []
+        for (dtype, decays), members in groups.items():
+            wd = (tf.cast(self.weight_decay, tf.float64) * tf.cast(self.learning_rate, tf.float64)
+                  if decays else tf.constant(0.0, tf.float64))
+            params = [_tf_variable(v).handle for _, v in members]
+            slots = [self._fused_slots(v) for _, v in members]
+            states = [_tf_variable(s[k]).handle for k in range(len(slots[0])) for s in slots]
+            ops.append(op(params=params, states=states,
+                          grads=[tf.cast(g, dtype) for g, _ in members],
+                          hyper=hyper, learning_rate=lr, step=step, decay=wd))
+        return tf.group(*ops)
+
+
+def _slot(slots: Sequence[Any], optimizer: Any, variable: Any) -> Any:
+    return slots[optimizer._get_variable_index(variable)]
+
+
+def _register(cls):
+    return keras.saving.register_keras_serializable(package="fusedopt")(cls)
+
+
+@_register
+class SGD(_Fused, keras.optimizers.SGD):
+    __doc__ = keras.optimizers.SGD.__doc__
+
+    def _fused_rule(self):
+        if self.momentum == 0:
+            return "sgd"
+        return "sgd_nesterov" if self.nesterov else "sgd_momentum"
+
+    def _fused_hyper(self):
+        return [] if self.momentum == 0 else [self.momentum]
+
+    def _fused_slots(self, variable):
+        return [] if self.momentum == 0 else [_slot(self.momentums, self, variable)]
+
+
+@_register
+class RMSprop(_Fused, keras.optimizers.RMSprop):
+    __doc__ = keras.optimizers.RMSprop.__doc__
+
+    def _fused_rule(self):
+        return "rmsprop" + ("_centered" if self.centered else "") + ("_momentum" if self.momentum > 0 else "")
+
+    def _fused_hyper(self):
+        return [self.rho, self.momentum, self.epsilon]
+
+    def _fused_slots(self, variable):
+        slots = [_slot(self._velocities, self, variable)]
+        if self.momentum > 0:
+            slots.append(_slot(self._momentums, self, variable))
+        if self.centered:
+            slots.append(_slot(self._average_gradients, self, variable))
+        return slots
+
+
+@_register
+class Adagrad(_Fused, keras.optimizers.Adagrad):
+    __doc__ = keras.optimizers.Adagrad.__doc__
+
+    def _fused_rule(self):
+        return "adagrad"
+
+    def _fused_hyper(self):
+        return [self.epsilon]
+
+    def _fused_slots(self, variable):
+        return [_slot(self._accumulators, self, variable)]
+
+
+@_register
+class Adadelta(_Fused, keras.optimizers.Adadelta):
+    __doc__ = keras.optimizers.Adadelta.__doc__
+
+    def _fused_rule(self):
+        return "adadelta"
+
+    def _fused_hyper(self):
+        return [self.rho, self.epsilon]
+
+    def _fused_slots(self, variable):
+        return [_slot(self._accumulated_grads, self, variable),
+                _slot(self._accumulated_delta_vars, self, variable)]
+
+
+class _AdamSlots:
+    def _fused_hyper(self):
+        return [self.beta_1, self.beta_2, self.epsilon]
+
+    def _fused_slots(self, variable):
+        slots = [_slot(self._momentums, self, variable), _slot(self._velocities, self, variable)]
+        if getattr(self, "amsgrad", False):
+            slots.append(_slot(self._velocity_hats, self, variable))
+        return slots
+
+
+@_register
+class Adam(_AdamSlots, _Fused, keras.optimizers.Adam):
+    __doc__ = keras.optimizers.Adam.__doc__
+
+    def _fused_rule(self):
+        return "adam_amsgrad" if self.amsgrad else "adam"
+
+
+@_register
+class AdamW(_AdamSlots, _Fused, keras.optimizers.AdamW):
+    __doc__ = keras.optimizers.AdamW.__doc__
+
+    def _fused_rule(self):
+        return "adam_amsgrad" if self.amsgrad else "adam"
+
+
+@_register
+class Adamax(_Fused, keras.optimizers.Adamax):
+    __doc__ = keras.optimizers.Adamax.__doc__
+
+    def _fused_rule(self):
+        return "adamax"
+
+    def _fused_hyper(self):
+        return [self.beta_1, self.beta_2, self.epsilon]
+
+    def _fused_slots(self, variable):
+        return [_slot(self._m, self, variable), _slot(self._u, self, variable)]
+
+
+@_register
+class Nadam(_AdamSlots, _Fused, keras.optimizers.Nadam):
+    __doc__ = keras.optimizers.Nadam.__doc__
+
+    def _fused_rule(self):
+        return "nadam"
+
+    def _fused_hyper(self):
+        return [self.beta_1, self.beta_2, self.epsilon, self._u_product]
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if not self._fused_possible():
+            return keras.optimizers.Nadam._backend_update_step(self, grads, trainable_variables,
+                                                               learning_rate)
+        # Keras's Nadam advances its momentum-schedule product, then updates;
+        # do the first part here, once, for fused and unfused variables alike.
+        dtype = self._u_product.dtype
+        self.assign(self._u_product,
+                    self._u_product * self.beta_1
+                    * (1.0 - 0.5 * keras.ops.power(0.96, keras.ops.cast(self.iterations + 1, dtype))))
+        unfused_update = super(keras.optimizers.Nadam, self)._backend_update_step
+        return self._fused_update_step(grads, trainable_variables, learning_rate, unfused_update)
+
+
+@_register
+class Ftrl(_Fused, keras.optimizers.Ftrl):
+    __doc__ = keras.optimizers.Ftrl.__doc__
+
+    def _fused_rule(self):
+        return "ftrl"
+
+    def _fused_hyper(self):
+        return [self.learning_rate_power, self.l1_regularization_strength,
+                self.l2_regularization_strength, self.l2_shrinkage_regularization_strength, self.beta]
+
+    def _fused_slots(self, variable):
+        return [_slot(self._accumulators, self, variable), _slot(self._linears, self, variable)]
+
+
+@_register
+class Lion(_Fused, keras.optimizers.Lion):
+    __doc__ = keras.optimizers.Lion.__doc__
+
+    def _fused_rule(self):
+        return "lion"
+
+    def _fused_hyper(self):
+        return [self.beta_1, self.beta_2]
+
+    def _fused_slots(self, variable):
+        return [_slot(self._momentums, self, variable)]
+
+
+@_register
+class Lamb(_AdamSlots, _Fused, keras.optimizers.Lamb):
+    __doc__ = keras.optimizers.Lamb.__doc__
+
+    def _fused_rule(self):
+        return "lamb"
+
+
+@_register
+class Adafactor(_Fused, keras.optimizers.Adafactor):
+    __doc__ = keras.optimizers.Adafactor.__doc__
+
+    def _fused_rule(self):
+        return "adafactor"
+
+    def _fused_hyper(self):
+        return [self.beta_2_decay, self.epsilon_1, self.epsilon_2, self.clip_threshold]
+
+    def _fused_slots(self, variable):
+        return [_slot(self._r, self, variable), _slot(self._c, self, variable),
+                _slot(self._v, self, variable)]
+
+    def _fused_variable_ok(self, variable):
+        # Rank < 2 variables have 0-d r/c placeholders; they must share the dtype.
+        return all(str(s.dtype) == str(variable.dtype) for s in self._fused_slots(variable))
+
+
+@_register
+class ScheduleFreeAdamW(_Fused, keras.optimizers.ScheduleFreeAdamW):
+    __doc__ = keras.optimizers.ScheduleFreeAdamW.__doc__
+
+    def _fused_rule(self):
+        return "schedule_free_adamw"
+
+    def _fused_hyper(self):
+        # x_from_new_z=1: the built-in on TensorFlow recovers x from the
+        # updated z (see rules/schedule_free_adamw.h); match it exactly.
+        return [self.beta_1, self.beta_2, self.epsilon, self.warmup_steps, 1.0]
+
+    def _fused_slots(self, variable):
+        return [_slot(self._momentums, self, variable), _slot(self._velocities, self, variable)]
+
+
+@_register
+class Muon(_Fused, keras.optimizers.Muon):
+    """Keras's Muon; its AdamW variables run in the fused op, its Muon
+    variables (orthogonalized momentum, a matrix multiply) keep Keras's update."""
+
+    _fuse_weight_decay = False  # Muon decays Muon and Adam variables differently
+
+    def _fused_rule(self):
+        return "adam"
+
+    def _fused_hyper(self):
+        return [self.adam_beta_1, self.adam_beta_2, self.epsilon]
+
+    def _fused_slots(self, variable):
+        index = self._get_variable_index(variable)
+        return [self.momentums[index], self.adam_velocities[index]]
+
+    def _fused_variable_ok(self, variable):
+        return self.adam_velocities[self._get_variable_index(variable)] is not None
+
+    def _fused_learning_rate(self, learning_rate):
+        return learning_rate * self.adam_lr_ratio
