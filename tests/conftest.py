@@ -1,0 +1,28 @@
+"""Shared pytest setup for the engine + NumPy API tests.
+
+The registry of optimizer cases lives in `registry.py`, the float64 NumPy
+reference in `reference.py`; this file only holds fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Keras comparisons run on the TensorFlow backend; keep TF's start-up logs quiet.
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+import fusedopt  # noqa: E402
+from fusedopt import _core  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def restore_engine_settings():
+    """Every test leaves the thread count and the ISA as it found them."""
+    threads = fusedopt.get_num_threads()
+    isa = _core.active_isa()
+    yield
+    fusedopt.set_num_threads(threads)
+    _core.set_isa(isa)
