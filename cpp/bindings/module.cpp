@@ -196,8 +196,6 @@ void apply_py(const std::string& rule_name, py::handle params_h, py::handle grad
       t.cols = shape.back();
       t.rows = shape[shape.size() - 2];
       t.batch = t.cols * t.rows == 0 ? 0 : t.size / (t.rows * t.cols);
-    } else if (rule->factored_states) {
-      t.cols = t.size;  // unfactored (rank < 2): one row of every element
     }
     for (size_t k = 0; k < num_states; ++k) {
       const std::string sname = label(rule->state_names[k], i);

@@ -150,7 +150,7 @@ void run_adafactor(const Batch& batch, const Update& u) {
     Rule::update_tensor<T, Op>(c, Op(u.decay), static_cast<T*>(t.param),
                                static_cast<const T*>(t.grad), static_cast<T*>(t.state[0]),
                                static_cast<T*>(t.state[1]), static_cast<T*>(t.state[2]),
-                               t.batch, t.rows, t.cols, t.factored);
+                               t.size, t.factored, t.batch, t.rows, t.cols);
   });
 }
 

@@ -41,13 +41,13 @@ struct Adafactor {
             Op(h[kEpsilon2]), Op(h[kClipThreshold]), Op(b2t), Op(1.0 - b2t)};
   }
 
-  // One whole tensor. r, c hold [batch, rows] and [batch, cols] when
-  // `factored`; otherwise they are unused placeholders. `decay` is the
-  // decoupled weight decay factor wd * lr, applied first as Keras does.
+  // One whole tensor of n elements. When `factored`, it is viewed as
+  // [batch, rows, cols] and r, c hold [batch, rows] and [batch, cols];
+  // otherwise r, c are unused placeholders. `decay` is the decoupled weight
+  // decay factor wd * lr, applied first as Keras does.
   template <class T, class Op>
   static void update_tensor(const Scalars<Op>& k, Op decay, T* p, const T* g, T* r, T* c, T* v,
-                            int64_t batch, int64_t rows, int64_t cols, bool factored) {
-    const int64_t n = batch * rows * cols;
+                            int64_t n, bool factored, int64_t batch, int64_t rows, int64_t cols) {
     if (n == 0) return;
     double sum_p2 = 0.0;
     for (int64_t i = 0; i < n; ++i) {
