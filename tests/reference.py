@@ -30,8 +30,10 @@ KERAS_DEFAULTS = {
     "Lamb": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7),
     "Adafactor": dict(learning_rate=0.001, beta_2_decay=-0.8, epsilon_1=1e-30, epsilon_2=1e-3,
                       clip_threshold=1.0, relative_step=True),
+    # x_from_new_z (not a Keras argument): recover x with the updated z, as
+    # Keras on TensorFlow does (its `momentum.value` is read after the update).
     "ScheduleFreeAdamW": dict(learning_rate=0.0025, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
-                              warmup_steps=0),
+                              warmup_steps=0, x_from_new_z=False),
     "Muon": dict(learning_rate=0.001, adam_beta_1=0.9, adam_beta_2=0.999, adam_weight_decay=0.004,
                  epsilon=1e-7, weight_decay=0.004, muon_a=3.4445, muon_b=-4.7750, muon_c=2.0315,
                  adam_lr_ratio=1.0, momentum=0.95, ns_steps=5, nesterov=True, rms_rate=0.2),
@@ -270,7 +272,7 @@ class Reference:
         denom = np.sqrt(v / (1 - b2 ** t)) + h["epsilon"]
         z -= lr * g / denom
         weight = 1.0 / t
-        x_old = (p - (1 - b1) * z_old) / b1
+        x_old = (p - (1 - b1) * (z if h["x_from_new_z"] else z_old)) / b1
         x_new = (1 - weight) * x_old + weight * z
         p[...] = (1 - b1) * z + b1 * x_new
 

@@ -15,6 +15,9 @@ import numpy as np
 import fusedopt
 
 
+FUSEDOPT_ONLY_KWARGS = ("dampened", "use_adam", "x_from_new_z")
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -26,6 +29,11 @@ class Case:
     kind: str = "elementwise"
     # keras.optimizers.<cls.__name__> takes the same kwargs (False: no twin).
     keras: bool = True
+
+    @property
+    def keras_kwargs(self) -> dict:
+        """The kwargs without fusedopt-only arguments (Keras would reject them)."""
+        return {k: v for k, v in self.kwargs.items() if k not in FUSEDOPT_ONLY_KWARGS}
 
     def make(self, params, **overrides):
         return self.cls(params, **{**self.kwargs, **overrides})
@@ -81,9 +89,16 @@ CASES = [
     Case("adafactor-wd", fusedopt.Adafactor,
          {"learning_rate": 0.45, "clip_threshold": 0.5, "beta_2_decay": -0.6, "epsilon_2": 1e-2,
           "weight_decay": 0.01}, kind="adafactor"),
-    Case("schedule-free-adamw", fusedopt.ScheduleFreeAdamW, {"learning_rate": 0.01}),
+    # The default follows the paper (and Keras on JAX); x_from_new_z=True is
+    # what keras.optimizers.ScheduleFreeAdamW computes on TensorFlow.
+    Case("schedule-free-adamw", fusedopt.ScheduleFreeAdamW, {"learning_rate": 0.01}, keras=False),
     Case("schedule-free-adamw-warmup-wd", fusedopt.ScheduleFreeAdamW,
-         {"learning_rate": 0.01, "beta_1": 0.8, "warmup_steps": 3, "weight_decay": 0.01}),
+         {"learning_rate": 0.01, "beta_1": 0.8, "warmup_steps": 3, "weight_decay": 0.01}, keras=False),
+    Case("schedule-free-adamw-tf", fusedopt.ScheduleFreeAdamW,
+         {"learning_rate": 0.01, "x_from_new_z": True}),
+    Case("schedule-free-adamw-tf-warmup-wd", fusedopt.ScheduleFreeAdamW,
+         {"learning_rate": 0.01, "beta_1": 0.8, "warmup_steps": 3, "weight_decay": 0.01,
+          "x_from_new_z": True}),
     # Muon's defaults already decay (weight_decay = adam_weight_decay = 0.004).
     Case("muon", fusedopt.Muon, {"learning_rate": 0.01}, kind="muon"),
     Case("muon-plain-momentum-wd", fusedopt.Muon, {
