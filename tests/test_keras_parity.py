@@ -112,3 +112,40 @@ def test_matches_keras_after_each_step(case, schedule):
     assert t == NUM_STEPS
     if name == "Muon":  # Keras picked Adam for exactly the non-2-D variables
         assert [v is not None for v in kopt.adam_velocities] == [len(s) != 2 for s in shapes]
+
+
+@pytest.mark.parametrize("case", KERAS_CASES, ids=lambda c: c.id)
+def test_config_matches_keras(case):
+    """Same argument names and defaults: every key both configs have agrees."""
+    ours = case.make([np.zeros((3, 4), np.float32)]).get_config()
+    theirs = getattr(keras.optimizers, case.cls.__name__)(**case.keras_kwargs).get_config()
+    shared = (set(ours) & set(theirs)) - {"name"}
+    assert set(ours) - shared - {"name"} <= {"dampened", "x_from_new_z"}
+    for key in shared:
+        if isinstance(ours[key], float) and isinstance(theirs[key], float):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-7), key  # Keras keeps lr in float32
+        else:
+            assert ours[key] == theirs[key], key
+
+
+CLIP_CASES = [c for c in KERAS_CASES if c.id in ("sgd-momentum-wd", "adam-wd", "lamb", "adafactor")]
+
+
+@pytest.mark.parametrize("clip", [{"clipnorm": 0.5}, {"clipvalue": 0.3}, {"global_clipnorm": 0.8}],
+                         ids=lambda d: "+".join(d))
+@pytest.mark.parametrize("case", CLIP_CASES, ids=lambda c: c.id)
+def test_gradient_clipping_matches_keras(case, clip):
+    shapes = KERAS_SHAPES[case.kind]
+    rng = np.random.default_rng(21)
+    params = make_arrays(shapes, np.float32, rng)
+    kvars = [keras.Variable(p.copy(), name=f"w{i}") for i, p in enumerate(params)]
+    opt = case.make(params, **clip)
+    kopt = getattr(keras.optimizers, case.cls.__name__)(**case.keras_kwargs, **clip)
+    for t, grads in enumerate(grad_sequence(shapes, np.float32, 22), start=1):
+        grads = [2 * g for g in grads]  # norms well above the thresholds
+        originals = [g.copy() for g in grads]
+        opt.step(grads)
+        kopt.apply_gradients(zip([g.copy() for g in grads], kvars))
+        for g, g0 in zip(grads, originals):  # clipping works on copies
+            np.testing.assert_array_equal(g, g0)
+        assert_lists_close(params, [v.numpy() for v in kvars], np.float32, f"step {t}: variables")
