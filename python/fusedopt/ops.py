@@ -77,7 +77,7 @@ def apply(
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; choose one of {sorted(RULES)}")
     merged = {**_DEFAULTS[rule], **(hyper or {})}
-    missing = [k for k, v in merged.items() if v is None]
+    missing = [k for k, v in _DEFAULTS[rule].items() if v is None and k not in (hyper or {})]
     if missing:
         raise ValueError(f"{rule} needs the hyperparameter(s) {missing} (no default)")
     names = RULES[rule]["states"]

@@ -126,7 +126,11 @@ class Optimizer:
         """The learning rate for the next step (a schedule is evaluated at `iterations`)."""
         lr = self._learning_rate
         value = lr(self.iterations) if callable(lr) else lr
-        return _check_number(float(value), "learning_rate", low=0.0)
+        try:  # a schedule may return a NumPy or framework scalar
+            value = float(value) if hasattr(value, "__float__") else value
+        except (TypeError, ValueError):
+            pass
+        return _check_number(value, "learning_rate", low=0.0)
 
     @learning_rate.setter
     def learning_rate(self, value: LearningRate) -> None:
@@ -729,6 +733,14 @@ class Muon(Optimizer):
             {"momentum": self.momentum, "nesterov": self.nesterov}, self.iterations + 1, lr, 0.0,
             run_dry)
         # Validate every call before any writes, so a bad grad changes nothing.
+        # First the whole list with the caller's indices: the group calls see
+        # sub-lists (other indices) and no one of them sees every param, so
+        # aliasing across groups would pass. A Muon param's direction buffer
+        # stands in for its (absent) velocity.
+        _core.apply("adam", self.params, grads,
+                    [m, [v if v is not None else d for v, d in zip(self.slots["velocity"], self._directions)]],
+                    {"beta_1": self.adam_beta_1, "beta_2": self.adam_beta_2, "epsilon": self.epsilon},
+                    self.iterations + 1, lr, 0.0, True)
         adam_call(True)
         momentum_call(True)
         if dry_run:
