@@ -10,100 +10,15 @@
 #include <vector>
 
 #include "../src/engine.h"
+#include "checks.h"
 #include "fusedopt/rules.h"
 
 namespace py = pybind11;
 using namespace fusedopt;
+using namespace fusedopt::bindings;
 
 namespace {
 
-std::string label(const std::string& arg, size_t i) { return arg + "[" + std::to_string(i) + "]"; }
-
-std::string shape_str(const py::array& a) {
-  std::string s = "(";
-  for (py::ssize_t d = 0; d < a.ndim(); ++d) s += std::to_string(a.shape(d)) + (a.ndim() == 1 ? "," : d + 1 < a.ndim() ? ", " : "");
-  return s + ")";
-}
-
-std::vector<py::ssize_t> shape_of(const py::array& a) {
-  return std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim());
-}
-
-py::sequence as_list(py::handle h, const std::string& arg) {
-  if (!py::isinstance<py::list>(h) && !py::isinstance<py::tuple>(h))
-    throw py::type_error(arg + " must be a list of arrays, got " +
-                         std::string(py::str(py::type::of(h).attr("__name__"))));
-  return py::reinterpret_borrow<py::sequence>(h);
-}
-
-struct Checked {
-  py::array array;
-  std::string name;
-};
-
-py::array as_array(py::handle h, const std::string& name) {
-  if (!py::isinstance<py::array>(h))
-    throw py::type_error(name + " must be a numpy.ndarray (or a CPU tensor with DLPack), got " +
-                         std::string(py::str(py::type::of(h).attr("__name__"))));
-  return py::reinterpret_borrow<py::array>(h);
-}
-
-void require_layout(const py::array& a, const std::string& name, bool writable) {
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error(name + " must be C-contiguous");
-  if (writable && !a.writeable()) throw py::value_error(name + " is read-only");
-}
-
-void require_dtype(const py::array& a, const py::dtype& want, const std::string& name,
-                   const std::string& reference) {
-  if (!a.dtype().is(want) && !a.dtype().equal(want))
-    throw py::type_error(name + " has dtype " + std::string(py::str(a.dtype())) + " but " +
-                         reference + " has dtype " + std::string(py::str(want)));
-}
-
-void require_shape(const py::array& a, const std::vector<py::ssize_t>& want, const std::string& name,
-                   const std::string& what) {
-  if (shape_of(a) != want) {
-    std::string w = "(";
-    for (size_t d = 0; d < want.size(); ++d) w += std::to_string(want[d]) + (want.size() == 1 ? "," : d + 1 < want.size() ? ", " : "");
-    throw py::value_error(name + " has shape " + shape_str(a) + " but " + what + " " + w + ")");
-  }
-}
-
-double finite_number(py::handle h, const std::string& name) {
-  if (!py::isinstance<py::float_>(h) && !py::isinstance<py::int_>(h) &&
-      !py::hasattr(h, "__float__"))
-    throw py::type_error(name + " must be a number, got " +
-                         std::string(py::str(py::type::of(h).attr("__name__"))));
-  if (py::isinstance<py::bool_>(h)) return h.cast<bool>() ? 1.0 : 0.0;
-  const double x = py::float_(py::reinterpret_borrow<py::object>(h)).cast<double>();
-  if (!std::isfinite(x)) throw py::value_error(name + " must be finite, got " + std::to_string(x));
-  return x;
-}
-
-// No output buffer may overlap any other buffer of the call.
-struct Span {
-  uintptr_t begin, end;
-  std::string name;
-};
-
-void require_no_aliasing(std::vector<Span> outputs, const std::vector<Span>& inputs) {
-  std::sort(outputs.begin(), outputs.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
-  for (size_t i = 1; i < outputs.size(); ++i)
-    if (outputs[i].begin < outputs[i - 1].end)
-      throw py::value_error(outputs[i].name + " shares memory with " + outputs[i - 1].name);
-  for (const Span& in : inputs) {
-    auto it = std::upper_bound(outputs.begin(), outputs.end(), in.begin,
-                               [](uintptr_t x, const Span& s) { return x < s.end; });
-    if (it != outputs.end() && it->begin < in.end)
-      throw py::value_error(in.name + " shares memory with " + it->name);
-  }
-}
-
-Span span_of(const py::array& a, const std::string& name) {
-  const auto b = reinterpret_cast<uintptr_t>(a.data());
-  return Span{b, b + uintptr_t(a.nbytes()), name};
-}
 
 // Adafactor's row/column statistics: shape[:-1] and shape[:-2] + shape[-1:]
 // for rank >= 2; a 0-d placeholder otherwise.
@@ -116,7 +31,8 @@ std::vector<py::ssize_t> factored_shape(const std::vector<py::ssize_t>& shape, i
 
 void apply_py(const std::string& rule_name, py::handle params_h, py::handle grads_h,
               py::handle states_h, py::dict hyper_d, int64_t step, py::handle lr_h,
-              py::handle weight_decay_h, bool dry_run) {
+              py::handle weight_decay_h, bool dry_run, py::handle l1_h, py::handle l2_h,
+              py::handle proximal_l1_h) {
   const RuleInfo* rule = find_rule(rule_name);
   if (rule == nullptr) throw py::value_error("unknown rule '" + rule_name + "'");
 
@@ -127,6 +43,9 @@ void apply_py(const std::string& rule_name, py::handle params_h, py::handle grad
     throw py::value_error("learning_rate must be > 0 for " + rule->name);
   const double wd = finite_number(weight_decay_h, "weight_decay");
   if (wd < 0.0) throw py::value_error("weight_decay must be >= 0, got " + std::to_string(wd));
+  const double l1 = nonnegative_number(l1_h, "l1");
+  const double l2 = nonnegative_number(l2_h, "l2");
+  const double proximal_l1 = nonnegative_number(proximal_l1_h, "proximal_l1");
   if (step < 1) throw py::value_error("step must be >= 1, got " + std::to_string(step));
 
   std::vector<double> hyper;
@@ -223,6 +142,9 @@ void apply_py(const std::string& rule_name, py::handle params_h, py::handle grad
   update.hyper = hyper.data();
   update.step = StepArgs{step, lr};
   update.decay = wd * lr;
+  update.l1 = l1;
+  update.l2 = l2;
+  update.proximal_l1 = proximal_l1;
   py::gil_scoped_release release;
   fusedopt::apply(rule->id, batch, update);
 }
@@ -275,14 +197,24 @@ void stream_roofline_py(py::handle outputs_h, py::handle inputs_h) {
 
 }  // namespace
 
+namespace fusedopt::bindings {
+void register_regularizers(py::module_& m);  // regularizer_bindings.cpp
+void register_dropout(py::module_& m);       // dropout_bindings.cpp
+}  // namespace fusedopt::bindings
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fusedopt's C++ engine (private: use the fusedopt package).";
+  register_regularizers(m);
+  register_dropout(m);
   m.def("apply", &apply_py, py::arg("rule"), py::arg("params"), py::arg("grads"),
         py::arg("states"), py::arg("hyper"), py::arg("step"), py::arg("learning_rate"),
-        py::arg("weight_decay") = 0.0, py::arg("dry_run") = false,
+        py::arg("weight_decay") = 0.0, py::arg("dry_run") = false, py::arg("l1") = 0.0,
+        py::arg("l2") = 0.0, py::arg("proximal_l1") = 0.0,
         "Apply one step of `rule` in place to every tensor. Validates everything first;\n"
         "with dry_run=True only validates. Weight decay is decoupled: p -= p * weight_decay\n"
-        "* learning_rate before the rule.");
+        "* learning_rate before the rule. Regularization in the same pass: g += l1 * sign(p)\n"
+        "+ 2 * l2 * p (from p before the decay), and after the rule p <- sign(p) *\n"
+        "max(|p| - learning_rate * proximal_l1, 0).");
   m.def("rules", [] {
     py::dict out;
     for (const auto& r : rule_table()) {

@@ -229,4 +229,10 @@ void for_each_index(size_t n, const std::function<void(size_t)>& fn) {
   state().pool->run(int64_t(n), [&](int64_t i) { fn(size_t(i)); });
 }
 
+void run_exclusive(const std::function<void(const std::string& isa)>& fn) {
+  auto& s = state();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  fn(s.isa->name);
+}
+
 }  // namespace fusedopt

@@ -35,6 +35,11 @@ struct Update {
   const double* hyper = nullptr;  // the rule's hyperparameters, in its kHyperNames order
   StepArgs step;
   double decay = 0.0;  // decoupled weight decay factor (weight_decay * lr), applied first
+  // Regularization fused into the same pass (fusedopt/regularizers.h); 0 = off.
+  // Coupled, from p before the decay: g <- g + l1 * sign(p) + 2 * l2 * p.
+  double l1 = 0.0, l2 = 0.0;
+  // Proximal L1 after the rule: p <- soft_threshold(p, learning_rate * proximal_l1).
+  double proximal_l1 = 0.0;
 };
 
 // Static description of a rule, for validation and for the bindings.
@@ -84,5 +89,8 @@ void for_each_chunk(const std::vector<Chunk>& chunks,
                     const std::function<void(size_t)>& fn);
 // Runs fn(i) for i in [0, n), one task each, in parallel.
 void for_each_index(size_t n, const std::function<void(size_t)>& fn);
+// Runs fn(active ISA name) holding the engine lock, so that kernels other than
+// `apply` (regularizers, dropout) may call for_each_chunk / for_each_index.
+void run_exclusive(const std::function<void(const std::string& isa)>& fn);
 
 }  // namespace fusedopt

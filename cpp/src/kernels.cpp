@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "engine.h"
+#include "fusedopt/regularizers.h"
 #include "fusedopt/rules.h"
 
 #ifndef FUSEDOPT_ISA_NAMESPACE
@@ -21,11 +22,32 @@ T* offset(void* base, int64_t begin) {
   return base == nullptr ? nullptr : static_cast<T*>(base) + begin;
 }
 
-// decay (p <- p - p * wd * lr) first, as Keras applies weight decay before the
-// update; then the rule, all in one pass over memory.
-template <class Rule, class T, bool kDecay>
+// The fused regularization's scalars (see Update and fusedopt/regularizers.h).
+template <class Op> struct RegScalars {
+  Op l1, two_l2, threshold;  // l1, 2 * l2, lr * proximal_l1
+  bool coupled, proximal;
+};
+template <class Op> RegScalars<Op> reg_scalars(const Update& u) {
+  return {Op(u.l1), Op(2.0 * u.l2), Op(u.step.learning_rate * u.proximal_l1),
+          u.l1 != 0.0 || u.l2 != 0.0, u.proximal_l1 != 0.0};
+}
+
+// f(std::true_type{}) or f(std::false_type{}): a runtime flag as a template flag.
+template <class F> void with_flag(bool flag, F&& f) {
+  if (flag)
+    f(std::true_type{});
+  else
+    f(std::false_type{});
+}
+
+// In one pass over memory: the coupled L1/L2 gradient from p, then decay
+// (p <- p - p * wd * lr, before the update as Keras applies it), then the
+// rule, then the proximal L1 step. Without decay and regularization the loop
+// is the rule alone.
+template <class Rule, class T, bool kDecay, bool kRegularize>
 void elementwise_range(const typename Rule::template Scalars<opmath_t<T>>& c, opmath_t<T> decay,
-                       const TensorRef& t, int64_t begin, int64_t end) {
+                       const RegScalars<opmath_t<T>>& reg, const TensorRef& t, int64_t begin,
+                       int64_t end) {
   using Op = opmath_t<T>;
   constexpr int N = Rule::kNumStates;
   T* __restrict p = static_cast<T*>(t.param) + begin;
@@ -37,13 +59,17 @@ void elementwise_range(const typename Rule::template Scalars<opmath_t<T>>& c, op
 #pragma GCC ivdep
   for (int64_t i = 0; i < n; ++i) {
     Op pv = Op(p[i]);
-    const Op gv = Op(g[i]);
+    Op gv = Op(g[i]);
+    if constexpr (kRegularize)
+      if (reg.coupled) gv = gv + regularizers::l1l2_gradient(pv, reg.l1, reg.two_l2);
     Op st[kMaxStates];
     if constexpr (N > 0) st[0] = Op(s0[i]);
     if constexpr (N > 1) st[1] = Op(s1[i]);
     if constexpr (N > 2) st[2] = Op(s2[i]);
     if constexpr (kDecay) pv = pv - pv * decay;
     Rule::update(c, pv, gv, st);
+    if constexpr (kRegularize)
+      if (reg.proximal) pv = regularizers::soft_threshold(pv, reg.threshold);
     p[i] = T(pv);
     if constexpr (N > 0) s0[i] = T(st[0]);
     if constexpr (N > 1) s1[i] = T(st[1]);
@@ -56,14 +82,17 @@ void run_elementwise(const Batch& batch, const Update& u) {
   using Op = opmath_t<T>;
   const auto c = Rule::template prepare<Op>(u.hyper, u.step);
   const Op decay = Op(u.decay);
+  const auto reg = reg_scalars<Op>(u);
   const auto chunks = make_chunks(batch);
-  for_each_chunk(chunks, [&](size_t i) {
-    const Chunk& ch = chunks[i];
-    const TensorRef& t = batch.tensors[size_t(ch.tensor)];
-    if (u.decay != 0.0)
-      elementwise_range<Rule, T, true>(c, decay, t, ch.begin, ch.end);
-    else
-      elementwise_range<Rule, T, false>(c, decay, t, ch.begin, ch.end);
+  with_flag(u.decay != 0.0, [&](auto kDecay) {
+    with_flag(reg.coupled || reg.proximal, [&](auto kRegularize) {
+      for_each_chunk(chunks, [&](size_t i) {
+        const Chunk& ch = chunks[i];
+        elementwise_range<Rule, T, kDecay, kRegularize>(c, decay, reg,
+                                                        batch.tensors[size_t(ch.tensor)],
+                                                        ch.begin, ch.end);
+      });
+    });
   });
 }
 
@@ -85,10 +114,11 @@ void run_lamb(const Batch& batch, const Update& u) {
   using Op = opmath_t<T>;
   const auto c = Rule::prepare<Op>(u.hyper, u.step);
   const Op decay = Op(u.decay);
+  const auto reg = reg_scalars<Op>(u);
   const auto chunks = make_chunks(batch);
   std::vector<double> param_sq(chunks.size()), dir_sq(chunks.size());
 
-  // Pass 1: weight decay, moments, and per-chunk sums of p^2 and u^2.
+  // Pass 1: coupled L1/L2, weight decay, moments, and per-chunk sums of p^2 and u^2.
   for_each_chunk(chunks, [&](size_t i) {
     const Chunk& ch = chunks[i];
     const TensorRef& t = batch.tensors[size_t(ch.tensor)];
@@ -99,12 +129,14 @@ void run_lamb(const Batch& batch, const Update& u) {
     SquareSums ps, ds;
     for (int64_t k = 0; k < ch.end - ch.begin; ++k) {
       Op pv = Op(p[k]);
+      Op gv = Op(g[k]);
+      if (reg.coupled) gv = gv + regularizers::l1l2_gradient(pv, reg.l1, reg.two_l2);
       if (u.decay != 0.0) {
         pv = pv - pv * decay;
         p[k] = T(pv);
       }
       Op st[2] = {Op(m[k]), Op(v[k])};
-      const Op dir = Rule::advance(c, Op(g[k]), st);
+      const Op dir = Rule::advance(c, gv, st);
       m[k] = T(st[0]);
       v[k] = T(st[1]);
       ps.add(k, double(pv));
@@ -124,7 +156,7 @@ void run_lamb(const Batch& batch, const Update& u) {
   for (size_t t = 0; t < batch.tensors.size(); ++t)
     ratio_lr[t] = Op(Rule::trust_ratio(std::sqrt(p_norm[t]), std::sqrt(d_norm[t]))) * c.lr;
 
-  // Pass 2: apply.
+  // Pass 2: apply, then the proximal L1 step.
   for_each_chunk(chunks, [&](size_t i) {
     const Chunk& ch = chunks[i];
     const TensorRef& t = batch.tensors[size_t(ch.tensor)];
@@ -135,6 +167,7 @@ void run_lamb(const Batch& batch, const Update& u) {
     for (int64_t k = 0; k < ch.end - ch.begin; ++k) {
       Op pv = Op(p[k]);
       Rule::apply(r, pv, Rule::direction(c, Op(m[k]), Op(v[k])));
+      if (reg.proximal) pv = regularizers::soft_threshold(pv, reg.threshold);
       p[k] = T(pv);
     }
   });
@@ -145,12 +178,25 @@ void run_adafactor(const Batch& batch, const Update& u) {
   using Rule = rules::Adafactor;
   using Op = opmath_t<T>;
   const auto c = Rule::prepare<Op>(u.hyper, u.step);
+  const auto reg = reg_scalars<Op>(u);
   for_each_index(batch.tensors.size(), [&](size_t i) {
     const TensorRef& t = batch.tensors[i];
-    Rule::update_tensor<T, Op>(c, Op(u.decay), static_cast<T*>(t.param),
-                               static_cast<const T*>(t.grad), static_cast<T*>(t.state[0]),
+    T* p = static_cast<T*>(t.param);
+    const T* g = static_cast<const T*>(t.grad);
+    // Adafactor reads g in several passes, after p has changed: the coupled
+    // L1/L2 gradient (from p before the decay) goes into a copy first.
+    std::vector<T> coupled_grad;
+    if (reg.coupled) {
+      coupled_grad.resize(size_t(t.size));
+      for (int64_t k = 0; k < t.size; ++k)
+        coupled_grad[size_t(k)] = T(Op(g[k]) + regularizers::l1l2_gradient(Op(p[k]), reg.l1, reg.two_l2));
+      g = coupled_grad.data();
+    }
+    Rule::update_tensor<T, Op>(c, Op(u.decay), p, g, static_cast<T*>(t.state[0]),
                                static_cast<T*>(t.state[1]), static_cast<T*>(t.state[2]),
                                t.size, t.factored, t.batch, t.rows, t.cols);
+    if (reg.proximal)
+      for (int64_t k = 0; k < t.size; ++k) p[k] = T(regularizers::soft_threshold(Op(p[k]), reg.threshold));
   });
 }
 

@@ -1,0 +1,106 @@
+// Argument conversion and validation shared by the pybind11 adapters: each
+// raises TypeError/ValueError naming the argument, before anything is written.
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace fusedopt::bindings {
+
+namespace py = pybind11;
+
+inline std::string label(const std::string& arg, size_t i) { return arg + "[" + std::to_string(i) + "]"; }
+
+inline std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) s += std::to_string(a.shape(d)) + (a.ndim() == 1 ? "," : d + 1 < a.ndim() ? ", " : "");
+  return s + ")";
+}
+
+inline std::vector<py::ssize_t> shape_of(const py::array& a) {
+  return std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim());
+}
+
+inline py::sequence as_list(py::handle h, const std::string& arg) {
+  if (!py::isinstance<py::list>(h) && !py::isinstance<py::tuple>(h))
+    throw py::type_error(arg + " must be a list of arrays, got " +
+                         std::string(py::str(py::type::of(h).attr("__name__"))));
+  return py::reinterpret_borrow<py::sequence>(h);
+}
+
+inline py::array as_array(py::handle h, const std::string& name) {
+  if (!py::isinstance<py::array>(h))
+    throw py::type_error(name + " must be a numpy.ndarray (or a CPU tensor with DLPack), got " +
+                         std::string(py::str(py::type::of(h).attr("__name__"))));
+  return py::reinterpret_borrow<py::array>(h);
+}
+
+inline void require_layout(const py::array& a, const std::string& name, bool writable) {
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(name + " must be C-contiguous");
+  if (writable && !a.writeable()) throw py::value_error(name + " is read-only");
+}
+
+inline void require_dtype(const py::array& a, const py::dtype& want, const std::string& name,
+                          const std::string& reference) {
+  if (!a.dtype().is(want) && !a.dtype().equal(want))
+    throw py::type_error(name + " has dtype " + std::string(py::str(a.dtype())) + " but " +
+                         reference + " has dtype " + std::string(py::str(want)));
+}
+
+inline void require_shape(const py::array& a, const std::vector<py::ssize_t>& want,
+                          const std::string& name, const std::string& what) {
+  if (shape_of(a) != want) {
+    std::string w = "(";
+    for (size_t d = 0; d < want.size(); ++d) w += std::to_string(want[d]) + (want.size() == 1 ? "," : d + 1 < want.size() ? ", " : "");
+    throw py::value_error(name + " has shape " + shape_str(a) + " but " + what + " " + w + ")");
+  }
+}
+
+inline double finite_number(py::handle h, const std::string& name) {
+  if (!py::isinstance<py::float_>(h) && !py::isinstance<py::int_>(h) &&
+      !py::hasattr(h, "__float__"))
+    throw py::type_error(name + " must be a number, got " +
+                         std::string(py::str(py::type::of(h).attr("__name__"))));
+  if (py::isinstance<py::bool_>(h)) return h.cast<bool>() ? 1.0 : 0.0;
+  const double x = py::float_(py::reinterpret_borrow<py::object>(h)).cast<double>();
+  if (!std::isfinite(x)) throw py::value_error(name + " must be finite, got " + std::to_string(x));
+  return x;
+}
+
+inline double nonnegative_number(py::handle h, const std::string& name) {
+  const double x = finite_number(h, name);
+  if (x < 0.0) throw py::value_error(name + " must be >= 0, got " + std::to_string(x));
+  return x;
+}
+
+// No output buffer may overlap any other buffer of the call.
+struct Span {
+  uintptr_t begin, end;
+  std::string name;
+};
+
+inline void require_no_aliasing(std::vector<Span> outputs, const std::vector<Span>& inputs) {
+  std::sort(outputs.begin(), outputs.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
+  for (size_t i = 1; i < outputs.size(); ++i)
+    if (outputs[i].begin < outputs[i - 1].end)
+      throw py::value_error(outputs[i].name + " shares memory with " + outputs[i - 1].name);
+  for (const Span& in : inputs) {
+    auto it = std::upper_bound(outputs.begin(), outputs.end(), in.begin,
+                               [](uintptr_t x, const Span& s) { return x < s.end; });
+    if (it != outputs.end() && it->begin < in.end)
+      throw py::value_error(in.name + " shares memory with " + it->name);
+  }
+}
+
+inline Span span_of(const py::array& a, const std::string& name) {
+  const auto b = reinterpret_cast<uintptr_t>(a.data());
+  return Span{b, b + uintptr_t(a.nbytes()), name};
+}
+
+}  // namespace fusedopt::bindings
