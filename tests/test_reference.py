@@ -139,3 +139,22 @@ def test_adafactor_unfactored_updates_every_element(shape):
     assert np.all(opt.slots["velocity"][0] > 0)
     assert_lists_close([p], ref.params, np.float64, "params")
     assert_lists_close(opt.slots["velocity"], ref.slots["velocity"], np.float64, "velocity")
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_zero_params_and_zero_grads_match_reference(case):
+    """Degenerate values: all-zero params (Lamb's trust ratio falls back to 1,
+    Adafactor's rms(p) to epsilon_2) and all-zero grads for the first steps
+    (Muon orthogonalizes a zero matrix, Lion takes sign(0) = 0)."""
+    shapes = shapes_for(case, "list")
+    params = [np.zeros(s) for s in shapes]
+    ref = Reference(case.cls.__name__, case.kwargs, params)
+    opt = case.make(params)
+    grads = [[np.zeros(s) for s in shapes]] * 2 + grad_sequence(shapes, np.float64, 12, steps=3)
+    for t, g in enumerate(grads, start=1):
+        opt.step(g)
+        ref.step(g)
+        assert all(np.all(np.isfinite(p)) for p in params), f"step {t}"
+        assert_lists_close(params, ref.params, np.float64, f"step {t}: params")
+        for name in ref.slots:
+            assert_lists_close(opt.slots[name], ref.slots[name], np.float64, f"step {t}: {name}")

@@ -552,3 +552,20 @@ def test_kernel_hyperparameter_none_is_a_type_error():
     hyperparameter ("needs ... (no default)") instead of a wrong type."""
     params, grads, states, hyper = kernel_args("adam")
     kernel_rejects("adam", TypeError, r"beta_1 must be a number", params, grads, states, {"beta_1": None})
+
+
+@pytest.mark.parametrize("clip", [{"clipnorm": 0.5}, {"clipvalue": 0.1}, {"global_clipnorm": 0.5}],
+                         ids=lambda d: next(iter(d)))
+@pytest.mark.parametrize("bad", ["non-contiguous", "python-list", "float64-for-float32", "extra-dim"])
+@pytest.mark.parametrize("case", [c for c in CASES if c.id in ("adam-wd", "lamb", "muon", "adafactor")],
+                         ids=lambda c: c.id)
+def test_clipping_validates_grads_before_copying_them(case, bad, clip):
+    """Clipping works on copies of the grads; a copy would turn a Python list
+    or a strided view into a valid array, so validation must come first."""
+    shapes = SHAPES[case.kind]
+    params = [np.random.default_rng(1).standard_normal(s).astype(np.float32) for s in shapes]
+    opt = case.make(params, **clip)
+    grads = grad_sequence(shapes, np.float32, 2, steps=1)[0]
+    exc, match, make_bad = BAD_GRADS[bad]
+    bad_grads = make_bad(grads, 1)
+    rejected(opt, exc, match.format(i=1), lambda: opt.step(bad_grads), bad_grads)
