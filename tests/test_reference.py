@@ -158,3 +158,20 @@ def test_zero_params_and_zero_grads_match_reference(case):
         assert_lists_close(params, ref.params, np.float64, f"step {t}: params")
         for name in ref.slots:
             assert_lists_close(opt.slots[name], ref.slots[name], np.float64, f"step {t}: {name}")
+
+
+def test_registry_covers_every_optimizer_variant_and_weight_decay():
+    import fusedopt.ops as F
+
+    classes = {getattr(fusedopt, n) for n in fusedopt.__all__
+               if isinstance(getattr(fusedopt, n), type) and n != "Optimizer"}
+    assert classes == {c.cls for c in CASES}
+    for cls in classes:
+        decayed = [c for c in CASES if c.cls is cls and c.make([np.zeros(3)]).weight_decay]
+        assert decayed, f"{cls.__name__} has no case with weight decay"
+    rules = {c.make([np.zeros((2, 2)), np.zeros(3)])._rule for c in CASES if c.kind != "muon"}
+    assert rules | {"muon_momentum"} == set(F.RULES)
+    assert {c.kind for c in CASES if c.cls is fusedopt.Muon} == {"muon"}
+    assert any(c.kwargs.get("learning_rate_power", -0.5) != -0.5 and c.kwargs.get("beta")
+               for c in CASES if c.cls is fusedopt.Ftrl)
+    assert any(c.kwargs.get("warmup_steps") for c in CASES if c.cls is fusedopt.ScheduleFreeAdamW)
