@@ -1,0 +1,315 @@
+"""Plan, run and post-process a benchmark suite.
+
+`run(config)` returns the JSON document: ``machine`` (what ran it),
+``config``, ``records`` (one per measured case), ``skipped`` (case and
+reason), ``notes`` and ``elapsed_s``. Each record carries the median step
+time and its spread, GB/s counted with the rule's minimal bytes, the
+fraction of the roofline measured in the same run, and speedups over the
+Keras built-in and the other baselines measured in the same run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from typing import Any, Sequence, TextIO
+
+import numpy as np
+
+import fusedopt
+from fusedopt.bench import impls
+from fusedopt.bench.rules import IMPLEMENTATIONS, KERAS_BASELINE, RULES, SIZES, THREAD_AWARE
+from fusedopt.bench.timing import Timing, measure
+
+
+@dataclass
+class Config:
+    """What to run. See `fusedopt bench --help` for the defaults and their reasons."""
+
+    rules: list[str]
+    sizes: list[str]
+    dtypes: list[str]
+    impls: list[str]
+    threads: list[int]
+    repeats: int | None = None
+    warmup: int = 2
+    budget_s: float = 0.15
+    min_repeats: int = 3
+    seed: int = 0
+    skips: bool = True
+    fit: bool = False
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class Case:
+    """One planned measurement; `skip` holds the reason when it will not run."""
+
+    rule: str
+    size_case: str
+    dtype: str
+    implementation: str
+    threads: int
+    skip: str | None = None
+
+
+#: torch.optim classes with a fused CPU implementation (torch 2.x).
+TORCH_FUSED = ("SGD", "Adam", "AdamW", "Adagrad")
+
+
+def default_skip(rule: str, size: str, impl: str, impls: Sequence[str] = IMPLEMENTATIONS) -> str | None:
+    """Why the default suite leaves a combination out (None: it runs).
+
+    These keep `fusedopt bench` inside 3 minutes on 2 cores; ``--no-skips``
+    runs everything selected.
+    """
+    if rule == "muon" and size == "large":
+        return "Newton-Schulz on 2048x2048 tensors costs ~1 TFLOP per step (seconds)"
+    if rule == "dropout" and impl == "keras-xla":
+        return "XLA dropout on CPU takes seconds per call"
+    torch_rule = RULES[rule].torch
+    if impl == "torch-foreach" and "torch-fused" in impls and torch_rule and torch_rule[0] in TORCH_FUSED:
+        return "torch-fused is PyTorch's fastest CPU path for this rule"
+    if size != "small":
+        return None
+    if rule == "dropout":
+        return "dropout runs on large only"
+    if impl == "numpy":
+        return "the NumPy reference runs on large only"
+    if impl == "keras-eager":
+        return "~1 s per step with 1000 variables"
+    if impl == "keras-xla":
+        return "~25 s XLA compile with 1000 variables"
+    if impl == "tf-raw":
+        return "tracing 1000 raw ops takes ~10 s"
+    if impl in ("keras-function", "fusedopt-keras") and rule != "adam":
+        return "tracing 1000 variables takes ~25 s per rule: adam only"
+    return None
+
+
+def plan(config: Config) -> list[Case]:
+    """Every case the config selects, in run order, with default skips marked."""
+    top = max(config.threads)
+    cases = []
+    for size in config.sizes:
+        for dtype in config.dtypes:
+            for rule in config.rules:
+                for impl in ["roofline"] + [i for i in IMPLEMENTATIONS if i in config.impls and i != "roofline"]:
+                    skip = default_skip(rule, size, impl, config.impls) if config.skips else None
+                    counts = config.threads if impl in THREAD_AWARE else [top]
+                    cases += [Case(rule, size, dtype, impl, t, skip) for t in counts]
+    return cases
+
+
+def make_data(size: str, dtype: str, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Parameters ~ N(0, 0.1^2) and gradients ~ N(0, 0.01^2), from a fixed seed."""
+    case = SIZES[size]
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(dtype)
+    params = [rng.standard_normal(case.shape, dtype=dt) * dt.type(0.1) for _ in range(case.count)]
+    grads = [rng.standard_normal(case.shape, dtype=dt) * dt.type(0.01) for _ in range(case.count)]
+    return params, grads
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """Build, CPU, library versions and date of this run."""
+    return {
+        "build_info": fusedopt.build_info(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {p: _version(p) for p in ("numpy", "tensorflow", "keras", "torch", "matplotlib")},
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+class Progress:
+    """One status line on stderr: rewritten in place on a terminal, one line per case otherwise."""
+
+    def __init__(self, total: int, quiet: bool = False, stream: TextIO | None = None) -> None:
+        self.total, self.quiet, self.done = total, quiet, 0
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.start = time.perf_counter()
+
+    def show(self, label: str, result: str = "", advance: bool = False) -> None:
+        if advance:
+            self.done += 1
+        if self.quiet or (not self.tty and not advance):
+            return
+        text = f"[{self.done:>3}/{self.total} {time.perf_counter() - self.start:5.0f}s] {label} {result}"
+        self.stream.write(f"\r\x1b[K{text}" if self.tty else text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and not self.quiet:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def _record(case: Case, timing: Timing) -> dict[str, Any]:
+    size = SIZES[case.size_case]
+    return {
+        "rule": case.rule,
+        "implementation": case.implementation,
+        "size_case": case.size_case,
+        "dtype": case.dtype,
+        "threads": impls.thread_count(case.implementation, case.threads),
+        "elements": size.elements,
+        "tensors": size.count,
+        "repeats": len(timing.times),
+        "median_s": timing.median_s,
+        "spread": timing.spread(),
+        "first_call_s": timing.first_call_s,
+    }
+
+
+def _measure_case(case: Case, params: list, grads: list, config: Config) -> Timing:
+    impls.set_threads(case.threads)
+    step = impls.make_step(case.implementation, RULES[case.rule], params, grads, case.dtype, config.seed)
+    try:
+        return measure(step, warmup=config.warmup, repeats=config.repeats, budget_s=config.budget_s,
+                       min_repeats=config.min_repeats)
+    finally:
+        del step
+        gc.collect()
+        gc.freeze()  # survivors (lazily imported modules) are not scanned again
+
+
+def run(config: Config, stream: TextIO | None = None) -> dict[str, Any]:
+    """Run the suite; return the JSON document (see the module docstring)."""
+    begin = time.perf_counter()
+    threads_before = fusedopt.get_num_threads()
+    notes = []
+    for impl in config.impls:
+        problem = impls.library_problem(impl)
+        if problem:
+            notes.append(f"{impl} skipped everywhere: {problem}")
+    cases = plan(config)
+    # Imports are done: freeze what they allocated, so the collections after
+    # each case only scan the case's own objects (a full one costs ~0.5 s
+    # with TensorFlow and PyTorch loaded).
+    gc.collect()
+    gc.freeze()
+    runnable = [c for c in cases if c.skip is None and not impls.library_problem(c.implementation)]
+    skipped = [dict(asdict(c), reason=c.skip) for c in cases if c.skip is not None]
+    progress = Progress(len(runnable) + (2 if config.fit else 0), config.quiet, stream)
+    records: list[dict[str, Any]] = []
+    try:
+        for size in config.sizes:
+            for dtype in config.dtypes:
+                data = None
+                for case in [c for c in runnable if (c.size_case, c.dtype) == (size, dtype)]:
+                    if data is None:
+                        data = make_data(size, dtype, config.seed)
+                    label = f"{case.rule} {size} {dtype} t={case.threads} {case.implementation}"
+                    progress.show(label, "...")
+                    try:
+                        timing = _measure_case(case, *data, config)
+                    except impls.Unavailable as err:
+                        skipped.append(dict(asdict(case), reason=str(err)))
+                        progress.show(label, f"skipped: {err}", advance=True)
+                        continue
+                    except Exception as err:  # noqa: BLE001 - one broken case must not end the run
+                        skipped.append(dict(asdict(case), reason=f"error: {type(err).__name__}: {err}"))
+                        progress.show(label, f"error: {type(err).__name__}: {err}", advance=True)
+                        continue
+                    records.append(_record(case, timing))
+                    progress.show(label, f"{timing.median_s * 1e3:.3g} ms (n={len(timing.times)})", advance=True)
+                del data
+                gc.collect()
+        if config.fit:
+            from fusedopt.bench.fit import run_fit
+
+            fit_records, fit_notes = run_fit(config, progress)
+            records += fit_records
+            notes += fit_notes
+    finally:
+        progress.close()
+        impls.set_threads(threads_before)
+        gc.unfreeze()
+    finish(records)
+    return {
+        "machine": machine_info(),
+        "config": asdict(config),
+        "records": records,
+        "skipped": skipped,
+        "notes": notes,
+        "elapsed_s": time.perf_counter() - begin,
+    }
+
+
+def _closest(candidates: dict[int, dict[str, Any]], threads: int) -> dict[str, Any] | None:
+    if not candidates:
+        return None
+    best = min(candidates, key=lambda t: (abs(t - threads), -t))
+    return candidates[best]
+
+
+def finish(records: list[dict[str, Any]]) -> None:
+    """Add GB/s, fraction of roofline and speedups to every record, in place.
+
+    The roofline is the one measured for the same (rule, size, dtype) at the
+    record's thread count (or the closest measured). Speedups divide the
+    baseline's median by the record's; ``speedup_vs`` (fusedopt records) takes
+    each baseline at its fastest thread count measured, a conservative ratio.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["rule"], r["size_case"], r["dtype"]), []).append(r)
+    for (rule_name, size, dtype), group in groups.items():
+        rule = RULES.get(rule_name)
+        itemsize = np.dtype(dtype).itemsize
+        rooflines = {r["threads"]: r for r in group if r["implementation"] == "roofline"}
+        for r in group:
+            r.setdefault("gbps", None)
+            r.setdefault("fraction_of_roofline", None)
+            if rule is not None and size in SIZES:
+                per_element = (rule.roofline_bytes_per_element(itemsize) if r["implementation"] == "roofline"
+                               else rule.bytes_per_element(itemsize))
+                r["bytes_per_element"] = per_element
+                r["gbps"] = per_element * r["elements"] / r["median_s"] / 1e9
+        for r in group:
+            roof = _closest(rooflines, r["threads"])
+            if roof is not None and r["gbps"] is not None:
+                r["fraction_of_roofline"] = r["gbps"] / roof["gbps"]
+                r["roofline_threads"] = roof["threads"]
+            keras = [b for b in group if b["implementation"] == KERAS_BASELINE]
+            r["speedup_vs_keras"] = keras[0]["median_s"] / r["median_s"] if keras else None
+            if r["implementation"].startswith("fusedopt"):
+                best: dict[str, float] = {}
+                for b in group:
+                    name = b["implementation"]
+                    if not name.startswith("fusedopt") and name != "roofline":
+                        best[name] = min(best.get(name, math.inf), b["median_s"])
+                r["speedup_vs"] = {name: t / r["median_s"] for name, t in best.items()}
+
+
+__all__ = ["Config", "Case", "default_skip", "plan", "run", "finish", "machine_info", "make_data",
+           "Progress"]

@@ -1,0 +1,84 @@
+"""Timing one step callable: warm-up, then repeated single-step timings, time-budgeted."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-step wall times of one implementation on one case (seconds)."""
+
+    times: tuple[float, ...]
+    first_call_s: float          # the first warm-up call: tracing, compilation, lazy state
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def min_s(self) -> float:
+        return min(self.times)
+
+    @property
+    def max_s(self) -> float:
+        return max(self.times)
+
+    @property
+    def iqr_s(self) -> float:
+        """Interquartile range (0 with fewer than 2 samples)."""
+        if len(self.times) < 2:
+            return 0.0
+        q = statistics.quantiles(self.times, n=4, method="inclusive")
+        return q[2] - q[0]
+
+    def spread(self) -> dict[str, float]:
+        return {"min_s": self.min_s, "max_s": self.max_s, "iqr_s": self.iqr_s}
+
+
+def measure(step: Callable[[], Any], *, warmup: int = 2, repeats: int | None = None,
+            budget_s: float = 0.25, min_repeats: int = 3, max_repeats: int = 200) -> Timing:
+    """Time `step` one call at a time.
+
+    `warmup` untimed calls come first (the first one is reported as
+    ``first_call_s``; later warm-up calls stop once they have used
+    `budget_s`). Then, with `repeats` given, exactly that many timed calls;
+    otherwise at least `min_repeats` and at most `max_repeats`, stopping once
+    `budget_s` of timed calls has passed. The garbage collector is paused
+    while timing.
+    """
+    first = float("nan")
+    start = time.perf_counter()
+    for i in range(warmup):
+        t0 = time.perf_counter()
+        step()
+        if i == 0:
+            first = time.perf_counter() - t0
+            start = time.perf_counter()
+        elif time.perf_counter() - start > budget_s:
+            break
+    times: list[float] = []
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        while True:
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+            n = len(times)
+            if repeats is not None:
+                if n >= repeats:
+                    break
+            elif n >= max_repeats or (n >= min_repeats and time.perf_counter() - start >= budget_s):
+                break
+    finally:
+        if enabled:
+            gc.enable()
+    if warmup == 0:
+        first = times[0]
+    return Timing(tuple(times), first)

@@ -1,0 +1,188 @@
+"""`fusedopt bench` / `fusedopt info` on a tiny configuration: exit codes, table, JSON, CSV, PNG.
+
+The suite runs once per module (in-process, on the "tiny" size case) and the
+tests read its outputs; bad arguments are checked through the parser, and
+one subprocess checks `python -m fusedopt`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import fusedopt
+from fusedopt.bench import cli, report
+from fusedopt.bench.rules import IMPLEMENTATIONS, RULES, SIZES
+from fusedopt.bench.suite import Config, default_skip, finish, plan
+from fusedopt.bench.timing import measure
+
+IMPLS = ["fusedopt", "numpy", "keras-function", "torch-fused"]
+RECORD_KEYS = {"rule", "implementation", "size_case", "dtype", "threads", "median_s", "spread", "gbps",
+               "fraction_of_roofline", "speedup_vs_keras"}
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    """One tiny run: Adam and SGD, four implementations and the roofline, threads 1 and 2."""
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("torch")
+    pytest.importorskip("matplotlib")
+    out = tmp_path_factory.mktemp("bench")
+    paths = {k: str(out / f"bench.{k}") for k in ("json", "csv", "png")}
+    argv = ["bench", "--quick", "--rules", "adam,sgd", "--impls", ",".join(IMPLS), "--threads", "1,2",
+            "--quiet", "--json", paths["json"], "--csv", paths["csv"], "--plot", paths["png"]]
+    return argv, paths
+
+
+@pytest.fixture(scope="module")
+def bench_output(bench_run):
+    argv, paths = bench_run
+    import io
+    from contextlib import redirect_stdout
+
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        code = cli.main(argv)
+    return code, buffer.getvalue(), paths
+
+
+def test_bench_exits_zero_and_prints_table(bench_output):
+    code, text, _ = bench_output
+    assert code == 0
+    header = next(line for line in text.splitlines() if line.startswith("rule "))
+    for column in report.TABLE_COLUMNS:
+        assert column in header
+    for impl in ["roofline", *IMPLS]:
+        assert f" {impl} " in text
+    assert "fusedopt speedup over each baseline" in text
+
+
+def test_json_schema(bench_output):
+    _, _, paths = bench_output
+    with open(paths["json"], encoding="utf-8") as f:
+        doc = json.load(f)
+    machine = doc["machine"]
+    assert {"build_info", "cpu_model", "cpu_count", "versions", "date"} <= set(machine)
+    assert machine["build_info"]["isa"] == fusedopt.build_info()["isa"]
+    records = doc["records"]
+    seen = {(r["rule"], r["implementation"], r["threads"]) for r in records}
+    assert ("adam", "fusedopt", 1) in seen and ("adam", "fusedopt", 2) in seen
+    assert ("sgd", "roofline", 1) in seen and ("sgd", "roofline", 2) in seen
+    assert {r["implementation"] for r in records} == {"roofline", *IMPLS}
+    for r in records:
+        assert RECORD_KEYS <= set(r), r
+        assert r["size_case"] == "tiny" and r["dtype"] == "float32"
+        assert r["rule"] in RULES and r["implementation"] in IMPLEMENTATIONS
+        assert isinstance(r["threads"], int) and r["threads"] >= 1
+        spread = r["spread"]
+        assert set(spread) == {"min_s", "max_s", "iqr_s"}
+        assert 0 < spread["min_s"] <= r["median_s"] <= spread["max_s"]
+        assert spread["iqr_s"] >= 0
+        assert r["gbps"] > 0 and r["fraction_of_roofline"] > 0
+        assert r["speedup_vs_keras"] > 0  # keras-function ran for both rules
+    roof = [r for r in records if r["implementation"] == "roofline"]
+    assert all(math.isclose(r["fraction_of_roofline"], 1.0) for r in roof)
+    adam = next(r for r in records if r["rule"] == "adam" and r["implementation"] == "fusedopt")
+    assert adam["bytes_per_element"] == 28
+    assert {"keras-function", "torch-fused", "numpy"} <= set(adam["speedup_vs"])
+
+
+def test_csv_and_png_written(bench_output):
+    _, _, paths = bench_output
+    with open(paths["json"], encoding="utf-8") as f:
+        count = len(json.load(f)["records"])
+    with open(paths["csv"], newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == count
+    assert tuple(rows[0]) == report.CSV_COLUMNS
+    with open(paths["png"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["bench", "--rules", "adamm"], "adam"),
+    (["bench", "--impls", "jax"], "keras-function"),
+    (["bench", "--sizes", "huge"], "large"),
+    (["bench", "--dtypes", "float16"], "float32"),
+    (["bench", "--threads", "0"], "threads"),
+    (["bench", "--repeats", "-1"], "positive"),
+    (["bench", "--bogus"], "unrecognized"),
+    (["frobnicate"], "bench"),
+])
+def test_bad_arguments_exit_2_with_choices(argv, expected, capsys):
+    with pytest.raises(SystemExit) as err:
+        cli.main(argv)
+    assert err.value.code == 2
+    message = capsys.readouterr().err
+    assert expected in message
+    if "--rules" in argv or "--impls" in argv or "--sizes" in argv or "--dtypes" in argv:
+        assert "valid choices" in message
+
+
+def test_python_dash_m_and_console_script():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    bad = subprocess.run([sys.executable, "-m", "fusedopt", "bench", "--rules", "nope"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and "valid choices" in bad.stderr and "adam" in bad.stderr
+    if shutil.which("fusedopt"):
+        helped = subprocess.run(["fusedopt", "bench", "--help"], capture_output=True, text=True, env=env,
+                                timeout=60)
+        assert helped.returncode == 0 and "default skips" in helped.stdout
+
+
+def test_info_reports_isa_threads_and_op_library(capsys):
+    assert cli.main(["info", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["build_info"]["isa"] == fusedopt.build_info()["isa"]
+    assert "num_threads" in data["build_info"] and "op_library" in data
+
+
+def test_every_numpy_optimizer_has_a_rule():
+    classes = set(fusedopt.optimizers.__all__) - {"Optimizer"}
+    assert classes <= {r.cls for r in RULES.values()}
+
+
+def test_default_plan_skips_slow_combinations_only():
+    config = Config(rules=list(RULES), sizes=["large", "small"], dtypes=["float32"],
+                    impls=list(IMPLEMENTATIONS), threads=[1, 2])
+    cases = plan(config)
+    assert default_skip("muon", "large", "fusedopt") and default_skip("adam", "small", "keras-eager")
+    assert default_skip("adam", "small", "keras-function") is None
+    assert default_skip("adam", "large", "keras-eager") is None
+    tiny = {(r, i) for r in RULES for i in IMPLEMENTATIONS if default_skip(r, "tiny", i)}
+    assert all(i == "torch-foreach" or (r, i) == ("dropout", "keras-xla") for r, i in tiny)
+    assert default_skip("adam", "tiny", "torch-foreach", ["torch-foreach"]) is None
+    runs = {(c.rule, c.size_case, c.implementation) for c in cases if c.skip is None}
+    assert {(r, "large", "fusedopt") for r in RULES if r != "muon"} <= runs
+    assert {(r, "small", "fusedopt") for r in RULES if r != "dropout"} <= runs
+    assert all(c.threads == 2 for c in cases if c.implementation == "keras-function")
+
+
+def test_finish_computes_bandwidth_roofline_and_speedups():
+    def rec(impl, median, threads=2):
+        return {"rule": "adam", "implementation": impl, "size_case": "large", "dtype": "float32",
+                "threads": threads, "elements": SIZES["large"].elements, "median_s": median}
+    records = [rec("roofline", 0.01), rec("fusedopt", 0.02), rec("keras-function", 0.08),
+               rec("torch-fused", 0.04, 1), rec("torch-fused", 0.06, 2)]
+    finish(records)
+    roof, ours, keras, _, _ = records
+    assert math.isclose(roof["gbps"], 28 * SIZES["large"].elements / 0.01 / 1e9)
+    assert math.isclose(ours["fraction_of_roofline"], 0.5)
+    assert math.isclose(ours["speedup_vs_keras"], 4.0) and math.isclose(keras["speedup_vs_keras"], 1.0)
+    assert math.isclose(ours["speedup_vs"]["torch-fused"], 2.0)  # the baseline's fastest thread count
+
+
+def test_measure_repeats_and_spread():
+    calls = []
+    timing = measure(lambda: calls.append(1), warmup=2, repeats=5)
+    assert len(calls) == 7 and len(timing.times) == 5
+    assert timing.min_s <= timing.median_s <= timing.max_s and timing.iqr_s >= 0
+    adaptive = measure(lambda: None, warmup=0, budget_s=0.0, min_repeats=3)
+    assert len(adaptive.times) == 3
