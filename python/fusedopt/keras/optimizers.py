@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import keras
+import numpy as np
 
 from fusedopt.keras import _op_library
 
@@ -37,6 +38,32 @@ def _in_xla_context() -> bool:
     from tensorflow.python.ops import control_flow_util
 
     return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+
+
+def _float64(value: Any) -> Any:
+    """`value` as a float64 tensor; a Python number exactly.
+
+    tf.cast(0.999, tf.float64) is 0.99900001287...: it converts the number to
+    a float32 tensor first. Keras computes its (1 - beta) factors from the
+    Python floats, so hyperparameters must reach the op unrounded.
+    """
+    import tensorflow as tf
+
+    if isinstance(value, (bool, int, float)):
+        return tf.constant(float(value), tf.float64)
+    return tf.cast(value, tf.float64)
+
+
+def _keras_cast(value: Any) -> Any:
+    """A hyperparameter as Keras's `ops.cast(value, variable.dtype)` sees it.
+
+    On TensorFlow that cast rounds a Python float to float32 first, whatever
+    the variable dtype. Where a built-in casts a hyperparameter this way
+    before using it (e.g. Nadam's and Lion's ``1 - beta``), pass it rounded.
+    """
+    if isinstance(value, (bool, int, float)):
+        return float(np.float32(value))
+    return value
 
 
 def _op_function(rule: str) -> Callable[..., Any]:
@@ -142,8 +169,9 @@ class _Fused:
 
         lr = tf.cast(self._fused_learning_rate(learning_rate), tf.float64)
         step = tf.cast(self.iterations + 1, tf.int64)
-        hyper = tf.cast(tf.stack([tf.cast(h, tf.float64) for h in self._fused_hyper()]), tf.float64) \
-            if self._fused_hyper() else tf.zeros([0], tf.float64)
+        hyper = self._fused_hyper()
+        hyper = (tf.stack([_float64(h) for h in hyper]) if hyper
+                 else tf.zeros([0], tf.float64))
         op = _op_function(self._fused_rule())
         # One op per (dtype, decays?) group: usually exactly one.
         groups: dict = {}
@@ -152,6 +180,8 @@ class _Fused:
             groups.setdefault((str(v.dtype), decays), []).append((g, v))
         ops = []
         for (dtype, decays), members in groups.items():
+            # tf.cast rounds a Python weight_decay to float32 first: so does
+            # Keras's TF _apply_weight_decay, whatever the variable dtype.
             wd = (tf.cast(self.weight_decay, tf.float64) * tf.cast(self.learning_rate, tf.float64)
                   if decays else tf.constant(0.0, tf.float64))
             params = [_tf_variable(v).handle for _, v in members]
@@ -181,7 +211,7 @@ class SGD(_Fused, keras.optimizers.SGD):
         return "sgd_nesterov" if self.nesterov else "sgd_momentum"
 
     def _fused_hyper(self):
-        return [] if self.momentum == 0 else [self.momentum]
+        return [] if self.momentum == 0 else [_keras_cast(self.momentum)]
 
     def _fused_slots(self, variable):
         return [] if self.momentum == 0 else [_slot(self.momentums, self, variable)]
@@ -237,6 +267,10 @@ class Adadelta(_Fused, keras.optimizers.Adadelta):
 
 class _AdamSlots:
     def _fused_hyper(self):
+        # Keras's Adam/Lamb take (1 - beta) from the Python floats (exact, as
+        # here) but their bias corrections 1 - beta^t from float32-rounded
+        # betas in the variable dtype; the engine computes those in double.
+        # For beta_2 = 0.999 the step size differs by ~6e-6 relative.
         return [self.beta_1, self.beta_2, self.epsilon]
 
     def _fused_slots(self, variable):
@@ -284,7 +318,7 @@ class Nadam(_AdamSlots, _Fused, keras.optimizers.Nadam):
         return "nadam"
 
     def _fused_hyper(self):
-        return [self.beta_1, self.beta_2, self.epsilon, self._u_product]
+        return [_keras_cast(self.beta_1), _keras_cast(self.beta_2), self.epsilon, self._u_product]
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if not self._fused_possible():
@@ -323,7 +357,7 @@ class Lion(_Fused, keras.optimizers.Lion):
         return "lion"
 
     def _fused_hyper(self):
-        return [self.beta_1, self.beta_2]
+        return [_keras_cast(self.beta_1), _keras_cast(self.beta_2)]
 
     def _fused_slots(self, variable):
         return [_slot(self._momentums, self, variable)]
@@ -345,7 +379,7 @@ class Adafactor(_Fused, keras.optimizers.Adafactor):
         return "adafactor"
 
     def _fused_hyper(self):
-        return [self.beta_2_decay, self.epsilon_1, self.epsilon_2, self.clip_threshold]
+        return [self.beta_2_decay, self.epsilon_1, _keras_cast(self.epsilon_2), self.clip_threshold]
 
     def _fused_slots(self, variable):
         return [_slot(self._r, self, variable), _slot(self._c, self, variable),
@@ -366,7 +400,8 @@ class ScheduleFreeAdamW(_Fused, keras.optimizers.ScheduleFreeAdamW):
     def _fused_hyper(self):
         # x_from_new_z=1: the built-in on TensorFlow recovers x from the
         # updated z (see rules/schedule_free_adamw.h); match it exactly.
-        return [self.beta_1, self.beta_2, self.epsilon, self.warmup_steps, 1.0]
+        return [_keras_cast(self.beta_1), _keras_cast(self.beta_2), _keras_cast(self.epsilon),
+                self.warmup_steps, 1.0]
 
     def _fused_slots(self, variable):
         return [_slot(self._momentums, self, variable), _slot(self._velocities, self, variable)]
