@@ -75,10 +75,12 @@ std::vector<RegTensor> tensors_of(const ArrayList& w, const ArrayList* other, Ar
 double l1l2_penalty_py(py::handle w_h, py::handle l1_h, py::handle l2_h) {
   const double l1 = nonnegative_number(l1_h, "l1"), l2 = nonnegative_number(l2_h, "l2");
   const ArrayList w = array_list(w_h, "w", false, nullptr, "");
+  const DType dtype = list_dtype(w);
+  const auto tensors = tensors_of(w, nullptr, nullptr);
   std::vector<double> sum_abs, sum_sq;
   {
     py::gil_scoped_release release;
-    regularizer_sums(list_dtype(w), tensors_of(w, nullptr, nullptr), &sum_abs, &sum_sq);
+    regularizer_sums(dtype, tensors, &sum_abs, &sum_sq);
   }
   double total = 0.0;
   for (size_t i = 0; i < sum_abs.size(); ++i)
@@ -91,8 +93,10 @@ void l1l2_gradient_py(py::handle w_h, py::handle out_h, py::handle l1_h, py::han
   const ArrayList w = array_list(w_h, "w", false, nullptr, "");
   ArrayList out = array_list(out_h, "out", true, &w, "w");
   require_no_aliasing(out.spans, w.spans);
+  const DType dtype = list_dtype(w);
+  const auto tensors = tensors_of(w, nullptr, &out);
   py::gil_scoped_release release;
-  l1l2_gradient(list_dtype(w), tensors_of(w, nullptr, &out), l1, l2);
+  l1l2_gradient(dtype, tensors, l1, l2);
 }
 
 double l2sp_penalty_py(py::handle w_h, py::handle w0_h, py::handle alpha_h, py::handle beta_h) {
@@ -100,10 +104,12 @@ double l2sp_penalty_py(py::handle w_h, py::handle w0_h, py::handle alpha_h, py::
   const double beta = nonnegative_number(beta_h, "beta");
   const ArrayList w = array_list(w_h, "w", false, nullptr, "");
   const ArrayList w0 = array_list(w0_h, "w0", false, &w, "w", /*allow_none=*/true);
+  const DType dtype = list_dtype(w);
+  const auto tensors = tensors_of(w, &w0, nullptr);
   std::vector<double> sum_abs, sum_sq;
   {
     py::gil_scoped_release release;
-    regularizer_sums(list_dtype(w), tensors_of(w, &w0, nullptr), &sum_abs, &sum_sq);
+    regularizer_sums(dtype, tensors, &sum_abs, &sum_sq);
   }
   double total = 0.0;
   for (size_t i = 0; i < sum_sq.size(); ++i)
@@ -121,8 +127,10 @@ void l2sp_gradient_py(py::handle w_h, py::handle w0_h, py::handle out_h, py::han
   std::vector<Span> inputs = w.spans;
   inputs.insert(inputs.end(), w0.spans.begin(), w0.spans.end());
   require_no_aliasing(out.spans, inputs);
+  const DType dtype = list_dtype(w);
+  const auto tensors = tensors_of(w, &w0, &out);
   py::gil_scoped_release release;
-  l2sp_gradient(list_dtype(w), tensors_of(w, &w0, &out), alpha, beta);
+  l2sp_gradient(dtype, tensors, alpha, beta);
 }
 
 void proximal_step_py(py::handle w_h, py::handle g_h, py::handle lr_h, py::handle l1_h,
@@ -132,8 +140,10 @@ void proximal_step_py(py::handle w_h, py::handle g_h, py::handle lr_h, py::handl
   ArrayList w = array_list(w_h, "w", true, nullptr, "");
   const ArrayList g = array_list(g_h, "g", false, &w, "w");
   require_no_aliasing(w.spans, g.spans);
+  const DType dtype = list_dtype(w);
+  const auto tensors = tensors_of(w, &g, &w);
   py::gil_scoped_release release;
-  proximal_step(list_dtype(w), tensors_of(w, &g, &w), lr, l1, l2);
+  proximal_step(dtype, tensors, lr, l1, l2);
 }
 
 }  // namespace

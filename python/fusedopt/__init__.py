@@ -9,7 +9,7 @@ from __future__ import annotations
 import platform
 from typing import Any
 
-from fusedopt import _core, ops
+from fusedopt import _core, ops, regularizers
 from fusedopt.optimizers import (
     SGD,
     Adadelta,
@@ -82,6 +82,7 @@ __all__ = [
     "ScheduleFreeAdamW",
     "Muon",
     "ops",
+    "regularizers",
     "build_info",
     "set_num_threads",
     "get_num_threads",

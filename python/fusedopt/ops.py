@@ -10,8 +10,14 @@ call over all tensors, with the GIL released::
 
 `step` is 1-based (Keras's ``iterations + 1``). `weight_decay` is decoupled:
 ``p -= p * weight_decay * learning_rate`` before the rule, as Keras applies it.
+Fused regularization, in the same pass (0 = off): ``g += l1*sign(p) + 2*l2*p``
+from `p` before the decay (Keras's L1L2 gradient), and after the rule
+``p = sign(p) * max(|p| - learning_rate*proximal_l1, 0)``.
 Arguments are validated before anything is written; bad input raises
 TypeError/ValueError naming the argument and tensor index.
+
+`dropout` / `dropout_backward` are the dropout kernels, with masks
+bit-identical to ``keras.random.dropout`` on the TensorFlow backend.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from fusedopt import _core
 from fusedopt._arrays import as_array_list, as_state_lists
+from fusedopt._dropout import dropout, dropout_backward
 
 RULES: dict = _core.rules()
 
@@ -67,6 +74,9 @@ def apply(
     weight_decay: float = 0.0,
     hyper: Mapping[str, float] | None = None,
     dry_run: bool = False,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    proximal_l1: float = 0.0,
 ) -> None:
     """Apply one step of `rule` (a name from ``fusedopt.ops.RULES``) in place.
 
@@ -93,6 +103,9 @@ def apply(
         learning_rate,
         weight_decay,
         dry_run,
+        l1=l1,
+        l2=l2,
+        proximal_l1=proximal_l1,
     )
 
 
@@ -105,20 +118,22 @@ def _make_kernel(rule: str) -> Callable[..., None]:
     state_names = RULES[rule]["states"]
     defaults = _DEFAULTS[rule]
 
-    def kernel(params, grads, *states, learning_rate, step=1, weight_decay=0.0, **hyper) -> None:
+    def kernel(params, grads, *states, learning_rate, step=1, weight_decay=0.0, l1=0.0, l2=0.0,
+               proximal_l1=0.0, **hyper) -> None:
         if len(states) != len(state_names):
             raise TypeError(
                 f"{rule}_ takes {len(state_names)} state lists after grads "
                 f"({', '.join(_plural(n) for n in state_names) or 'none'}), got {len(states)}"
             )
         apply(rule, params, grads, list(states), learning_rate=learning_rate, step=step,
-              weight_decay=weight_decay, hyper=hyper)
+              weight_decay=weight_decay, hyper=hyper, l1=l1, l2=l2, proximal_l1=proximal_l1)
 
     P = inspect.Parameter
     parameters = [P("params", P.POSITIONAL_OR_KEYWORD), P("grads", P.POSITIONAL_OR_KEYWORD)]
     parameters += [P(_plural(s), P.POSITIONAL_OR_KEYWORD) for s in state_names]
     parameters += [P("learning_rate", P.KEYWORD_ONLY), P("step", P.KEYWORD_ONLY, default=1),
                    P("weight_decay", P.KEYWORD_ONLY, default=0.0)]
+    parameters += [P(k, P.KEYWORD_ONLY, default=0.0) for k in ("l1", "l2", "proximal_l1")]
     parameters += [P(k, P.KEYWORD_ONLY, default=v if v is not None else P.empty) for k, v in defaults.items()]
     kernel.__signature__ = inspect.Signature(parameters, return_annotation=None)  # type: ignore[attr-defined]
     kernel.__name__ = kernel.__qualname__ = f"{rule}_"
@@ -152,4 +167,4 @@ adafactor_ = _make_kernel("adafactor")
 schedule_free_adamw_ = _make_kernel("schedule_free_adamw")
 muon_momentum_ = _make_kernel("muon_momentum")
 
-__all__ = ["RULES", "apply"] + [f"{r}_" for r in RULES]
+__all__ = ["RULES", "apply", "dropout", "dropout_backward"] + [f"{r}_" for r in RULES]

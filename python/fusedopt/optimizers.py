@@ -14,6 +14,17 @@ Slots (optimizer state) have Keras's names and order (``opt.slots``), so that
 ``state_dict()`` mirrors a Keras optimizer's variables. Weight decay is Keras's
 decoupled form ``p -= p * weight_decay * lr``, applied before the rule in the
 same pass over memory.
+
+Every optimizer also takes fused regularization (``fusedopt/regularizers.h``),
+in the same pass, all 0 (off) by default:
+
+- ``l1``, ``l2``: coupled, Keras's ``L1L2`` gradient added to the gradient,
+  computed from ``p`` before the weight decay: ``g += l1*sign(p) + 2*l2*p``.
+  (After gradient clipping: a Keras ``kernel_regularizer`` gradient would be
+  clipped together with the loss gradient.)
+- ``proximal_l1``: after the rule, the proximal soft threshold
+  ``p = sign(p) * max(|p| - lr*proximal_l1, 0)``, which gives exact zeros
+  (FOBOS: Duchi & Singer, JMLR 2009).
 """
 
 from __future__ import annotations
@@ -71,6 +82,9 @@ class Optimizer:
         clipvalue: float | None = None,
         global_clipnorm: float | None = None,
         name: str | None = None,
+        l1: float = 0.0,
+        l2: float = 0.0,
+        proximal_l1: float = 0.0,
     ) -> None:
         self.params: list[np.ndarray] = as_array_list(params, "params")
         for i, p in enumerate(self.params):
@@ -96,6 +110,9 @@ class Optimizer:
         self.clipvalue = None if clipvalue is None else _check_number(clipvalue, "clipvalue", low=0.0, low_open=True)
         self.global_clipnorm = (None if global_clipnorm is None
                                 else _check_number(global_clipnorm, "global_clipnorm", low=0.0, low_open=True))
+        self.l1 = _check_number(l1, "l1", low=0.0)
+        self.l2 = _check_number(l2, "l2", low=0.0)
+        self.proximal_l1 = _check_number(proximal_l1, "proximal_l1", low=0.0)
         self.name = name or type(self).__name__.lower()
         self.iterations = 0
         self.slots: dict[str, list[np.ndarray]] = {}
@@ -146,9 +163,14 @@ class Optimizer:
         self._apply(grads, lr, dry_run=False)
         self.iterations += 1
 
+    def _regularization(self) -> dict[str, float]:
+        """The engine's fused-regularization arguments."""
+        return {"l1": self.l1, "l2": self.l2, "proximal_l1": self.proximal_l1}
+
     def _apply(self, grads: list, lr: float, dry_run: bool) -> None:
         _core.apply(self._rule, self.params, grads, [self.slots[s] for s in self._slot_names],
-                    self._hyper(), self.iterations + 1, lr, self.weight_decay or 0.0, dry_run)
+                    self._hyper(), self.iterations + 1, lr, self.weight_decay or 0.0, dry_run,
+                    **self._regularization())
 
     def _clip(self, grads: list) -> list:
         """Keras's clipping: clipvalue, then clipnorm per tensor or global_clipnorm."""
@@ -216,7 +238,7 @@ class Optimizer:
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments (beyond params), as Keras's get_config lists them."""
         lr = self._learning_rate
-        return {
+        config = {
             "name": self.name,
             "learning_rate": lr if callable(lr) else float(lr),
             "weight_decay": self.weight_decay,
@@ -224,6 +246,9 @@ class Optimizer:
             "clipvalue": self.clipvalue,
             "global_clipnorm": self.global_clipnorm,
         }
+        # Not Keras arguments: listed only when in use, so the rest matches Keras.
+        config.update({k: v for k, v in self._regularization().items() if v != 0.0})
+        return config
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self.params)} params, iterations={self.iterations})"
@@ -457,7 +482,7 @@ class Nadam(_AdamFamily):
         u_product = _core.nadam_next_u_product(self.u_product, self.beta_1, self.iterations + 1)
         _core.apply(self._rule, self.params, grads, [self.slots[s] for s in self._slot_names],
                     {**self._hyper(), "u_product": u_product}, self.iterations + 1, lr,
-                    self.weight_decay or 0.0, dry_run)
+                    self.weight_decay or 0.0, dry_run, **self._regularization())
         if not dry_run:
             self.u_product = u_product
 
@@ -727,9 +752,10 @@ class Muon(Optimizer):
             "adam", pick(self.params, adam), pick(grads, adam),
             [pick(m, adam), pick(self.slots["velocity"], adam)],
             {"beta_1": self.adam_beta_1, "beta_2": self.adam_beta_2, "epsilon": self.epsilon},
-            self.iterations + 1, adam_lr, self.adam_weight_decay / self.adam_lr_ratio, run_dry)
-        momentum_call = lambda run_dry: _core.apply(  # noqa: E731
-            "muon_momentum", pick(self._directions, muon), pick(grads, muon), [pick(m, muon)],
+            self.iterations + 1, adam_lr, self.adam_weight_decay / self.adam_lr_ratio, run_dry,
+            **self._regularization())
+        momentum_call = lambda run_dry, muon_grads: _core.apply(  # noqa: E731
+            "muon_momentum", pick(self._directions, muon), muon_grads, [pick(m, muon)],
             {"momentum": self.momentum, "nesterov": self.nesterov}, self.iterations + 1, lr, 0.0,
             run_dry)
         # Validate every call before any writes, so a bad grad changes nothing.
@@ -742,18 +768,26 @@ class Muon(Optimizer):
                     {"beta_1": self.adam_beta_1, "beta_2": self.adam_beta_2, "epsilon": self.epsilon},
                     self.iterations + 1, lr, 0.0, True)
         adam_call(True)
-        momentum_call(True)
+        momentum_call(True, pick(grads, muon))
         if dry_run:
             return
         adam_call(False)
-        momentum_call(False)
+        muon_grads = pick(grads, muon)
+        if self.l1 or self.l2:  # the momentum kernel sees no params: add the L1/L2 gradient here
+            muon_grads = [np.empty_like(g) for g in muon_grads]
+            _core.l1l2_gradient(pick(self.params, muon), muon_grads, self.l1, self.l2)
+            for r, i in zip(muon_grads, muon):
+                r += grads[i]
+        momentum_call(False, muon_grads)
         for i in muon:
             p = self.params[i]
             update = self._orthogonalize(self._directions[i])
             scale = lr * (math.sqrt(max(p.shape)) * self.rms_rate if self.rms_rate is not None else 1.0)
+            # Decay and the proximal threshold are relative to this call's rate.
             wd = (self.weight_decay or 0.0) * lr / scale if scale > 0 else 0.0
+            prox = self.proximal_l1 * lr / scale if scale > 0 else 0.0
             _core.apply("sgd", [p], [np.ascontiguousarray(update, p.dtype)], [], {},
-                        self.iterations + 1, scale, wd)
+                        self.iterations + 1, scale, wd, proximal_l1=prox)
 
     def _orthogonalize(self, x: np.ndarray) -> np.ndarray:
         """Keras's zeropower_via_newtonschulz5, in the parameter's dtype."""
