@@ -246,6 +246,7 @@ def build_distiller(
     hard_loss: Any = None,
     metrics: Sequence[Any] | None = None,
     distillation_losses: Any = None,
+    **compile_kwargs: Any,
 ) -> Distiller:
     r"""An online distiller with Hinton et al.'s loss, compiled if ``optimizer`` is given.
 
@@ -261,6 +262,7 @@ def build_distiller(
     ``distillation_losses`` defaults to
     ``TemperatureKLDistillation(temperature)``. Hinton et al. found a small
     weight on the hard-label term works best, hence ``alpha=0.1``.
+    ``compile_kwargs`` (e.g. ``steps_per_execution``) go to ``compile``.
 
     Example::
 
@@ -280,7 +282,9 @@ def build_distiller(
         distiller.compile(optimizer=optimizer,
                           loss=(hard_loss if hard_loss is not None
                                 else keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
-                          metrics=list(metrics) if metrics is not None else None)
+                          metrics=list(metrics) if metrics is not None else None, **compile_kwargs)
+    elif compile_kwargs:
+        raise ValueError("compile arguments need optimizer=")
     return distiller
 
 
