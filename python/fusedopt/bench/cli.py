@@ -12,7 +12,7 @@ import fusedopt
 from fusedopt.bench.rules import DTYPES, IMPLEMENTATIONS, RULES, SIZES
 
 DEFAULT_SIZES = ("large", "small")
-DEFAULT_BUDGET_S, DEFAULT_WARMUP = 0.15, 2
+DEFAULT_BUDGET_S, DEFAULT_WARMUP = 0.1, 2
 QUICK_BUDGET_S, QUICK_WARMUP = 0.02, 1
 
 BENCH_EPILOG = f"""\
@@ -27,9 +27,11 @@ defaults (the suite `fusedopt bench` runs with no arguments, < 3 minutes on 2 co
   --repeats N times exactly N steps instead.
 default skips (--no-skips runs them):
   muon on large (Newton-Schulz on 2048x2048 is ~1 TFLOP per step);
-  on small: keras-function, fusedopt-keras and tf-raw for adam only (tracing 1000 variables
-  takes 8-25 s per rule), keras-eager (~1 s/step), keras-xla (~25 s compile), numpy, dropout;
-  dropout under keras-xla (seconds per call on CPU).
+  keras-eager for adam and dropout only (the same update_step as keras-function, ~3x slower);
+  torch-foreach where torch-fused exists (fused is PyTorch's fastest CPU path);
+  on small: keras-function and fusedopt-keras for adam only (tracing 1000 variables takes
+  ~25 s per rule), keras-eager (~1 s/step), keras-xla (~25 s compile), tf-raw (~10 s trace),
+  numpy, dropout; dropout under keras-xla (seconds per call on CPU).
 extra cases, when this build has them: adam_l2 (fused L2 regularization, fusedopt's l2=)
   and dropout (fusedopt.ops.dropout vs keras.random.dropout); otherwise skipped with a note.
 --fit adds model.fit step time of a 102-variable MLP, fusedopt.keras.Adam vs keras Adam.

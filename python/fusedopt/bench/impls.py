@@ -207,14 +207,12 @@ def _tf_raw(rule: Rule, params: list, grads: list, dtype: str, seed: int) -> Ste
 def _torch(rule: Rule, params: list, grads: list, dtype: str, seed: int, *, flavor: str) -> Step:
     import torch
 
-    if rule.torch is None:
-        raise Unavailable("torch.optim has no such optimizer")
+    if rule.torch is None or getattr(torch.optim, rule.torch[0], None) is None:
+        raise Unavailable(f"torch.optim {torch.__version__} has no such optimizer")
     name, kwargs = rule.torch
-    cls = getattr(torch.optim, name, None)
-    if cls is None:
-        raise Unavailable(f"torch.optim.{name} does not exist in torch {torch.__version__}")
+    cls = getattr(torch.optim, name)
     if flavor not in inspect.signature(cls).parameters:
-        raise Unavailable(f"torch.optim.{name} has no {flavor}= implementation")
+        raise Unavailable(f"the torch.optim class has no {flavor}= implementation")
     tensors = [torch.from_numpy(p.copy()) for p in params]
     for t, g in zip(tensors, grads):
         t.grad = torch.from_numpy(g)

@@ -78,16 +78,18 @@ def summary(records: Iterable[dict[str, Any]]) -> str:
 
 
 def skipped(entries: Iterable[dict[str, Any]]) -> str:
-    """Skipped cases grouped by implementation, size and reason."""
-    groups: dict[tuple[str, str, str], list[str]] = {}
+    """Skipped cases, one line per reason: which implementations, sizes and rules."""
+    groups: dict[str, tuple[list[str], list[str], list[str]]] = {}
     for e in entries:
-        key = (e["implementation"], e["size_case"], e["reason"])
-        if e["rule"] not in groups.setdefault(key, []):
-            groups[key].append(e["rule"])
+        names = groups.setdefault(e["reason"], ([], [], []))
+        for bucket, value in zip(names, (e["implementation"], e["size_case"], e["rule"])):
+            if value not in bucket:
+                bucket.append(value)
     lines = []
-    for (impl, size, reason), rules in sorted(groups.items()):
-        names = ", ".join(rules) if len(rules) <= 6 else f"{len(rules)} rules"
-        lines.append(f"  {impl} on {size} ({names}): {reason}")
+    for reason, (implementations, sizes, rules) in groups.items():
+        what = ", ".join(implementations) if len(implementations) <= 4 else f"{len(implementations)} implementations"
+        which = ", ".join(rules) if len(rules) <= 6 else f"{len(rules)} rules"
+        lines.append(f"  {what} on {', '.join(sizes)} ({which}): {reason}")
     return "\n".join(lines)
 
 
@@ -144,7 +146,7 @@ def write_csv(records: Iterable[dict[str, Any]], path: str) -> None:
 def write_plot(records: list[dict[str, Any]], path: str) -> None:
     """Bar chart: fraction of roofline per rule and implementation, one panel per size case.
 
-    Thread-aware implementations are shown at the largest thread count measured.
+    Each implementation is shown at its fastest thread count measured.
     """
     import matplotlib
 
@@ -153,14 +155,16 @@ def write_plot(records: list[dict[str, Any]], path: str) -> None:
 
     measured = [r for r in records if r.get("fraction_of_roofline") is not None and r["implementation"] != "roofline"]
     panels = sorted({(r["size_case"], r["dtype"]) for r in measured}, key=lambda k: (list(SIZES).index(k[0]), k[1]))
+    colors = plt.get_cmap("tab10")
+    shown = {r["rule"] for r in measured}
     fig, axes = plt.subplots(max(1, len(panels)), 1, squeeze=False,
-                             figsize=(max(8.0, 0.9 * len(RULES)), 3.6 * max(1, len(panels))))
+                             figsize=(max(8.0, 1.1 * len(shown) + 2), 3.6 * max(1, len(panels))))
     for ax, (size, dtype) in zip(axes[:, 0], panels):
         rows = [r for r in measured if (r["size_case"], r["dtype"]) == (size, dtype)]
         top: dict[tuple[str, str], dict[str, Any]] = {}
         for r in rows:
             key = (r["rule"], r["implementation"])
-            if key not in top or r["threads"] > top[key]["threads"]:
+            if key not in top or r["median_s"] < top[key]["median_s"]:
                 top[key] = r
         rules = [n for n in RULES if any(k[0] == n for k in top)]
         names = [i for i in IMPLEMENTATIONS if any(k[1] == i for k in top)]
@@ -168,11 +172,11 @@ def write_plot(records: list[dict[str, Any]], path: str) -> None:
         for j, impl in enumerate(names):
             xs = [i + (j - (len(names) - 1) / 2) * width for i, n in enumerate(rules) if (n, impl) in top]
             ys = [top[(n, impl)]["fraction_of_roofline"] for n in rules if (n, impl) in top]
-            ax.bar(xs, ys, width, label=impl)
+            ax.bar(xs, ys, width, label=impl, color=colors(IMPLEMENTATIONS.index(impl)))
         ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
         ax.set_xticks(range(len(rules)), rules, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("fraction of roofline")
-        ax.set_title(f"{size} ({SIZES[size].description}), {dtype}")
+        ax.set_title(f"{size} ({SIZES[size].description}), {dtype}: fraction of the same-run roofline")
         ax.legend(fontsize=7, ncol=min(5, len(names)))
     if not panels:
         axes[0, 0].text(0.5, 0.5, "no measured records", ha="center")

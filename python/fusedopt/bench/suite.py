@@ -40,7 +40,7 @@ class Config:
     threads: list[int]
     repeats: int | None = None
     warmup: int = 2
-    budget_s: float = 0.15
+    budget_s: float = 0.1
     min_repeats: int = 3
     seed: int = 0
     skips: bool = True
@@ -74,6 +74,8 @@ def default_skip(rule: str, size: str, impl: str, impls: Sequence[str] = IMPLEME
         return "Newton-Schulz on 2048x2048 tensors costs ~1 TFLOP per step (seconds)"
     if rule == "dropout" and impl == "keras-xla":
         return "XLA dropout on CPU takes seconds per call"
+    if impl == "keras-eager" and rule not in ("adam", "dropout"):
+        return "eager runs Keras's update_step like keras-function, ~3x slower: adam only"
     torch_rule = RULES[rule].torch
     if impl == "torch-foreach" and "torch-fused" in impls and torch_rule and torch_rule[0] in TORCH_FUSED:
         return "torch-fused is PyTorch's fastest CPU path for this rule"
@@ -202,6 +204,76 @@ def _measure_case(case: Case, params: list, grads: list, config: Config) -> Timi
         gc.freeze()  # survivors (lazily imported modules) are not scanned again
 
 
+class _Rooflines:
+    """The roofline of one (rule, size, dtype) group, per thread count, sampled throughout the group.
+
+    Each thread count is first measured like any case; then a short burst
+    (one warm-up, `BURST` timed calls) runs before every other case, at the
+    thread count closest to that case's, so the roofline's samples span the
+    same minutes as the cases it is compared with (the machine is shared).
+    """
+
+    BURST = 3
+
+    def __init__(self, data: tuple[list, list], config: Config) -> None:
+        self.data, self.config = data, config
+        self.steps: dict[int, Any] = {}
+        self.times: dict[int, list[float]] = {}
+        self.first: dict[int, float] = {}
+
+    def measure(self, case: Case) -> Timing:
+        impls.set_threads(case.threads)
+        step = impls.make_step("roofline", RULES[case.rule], *self.data, case.dtype)
+        c = self.config
+        timing = measure(step, warmup=c.warmup, repeats=c.repeats, budget_s=c.budget_s, min_repeats=c.min_repeats)
+        self.steps[case.threads], self.times[case.threads] = step, list(timing.times)
+        self.first[case.threads] = timing.first_call_s
+        return timing
+
+    def burst(self, threads: int) -> None:
+        if not self.steps:
+            return
+        nearest = min(self.steps, key=lambda t: (abs(t - threads), -t))
+        impls.set_threads(nearest)
+        self.times[nearest] += measure(self.steps[nearest], warmup=1, repeats=self.BURST).times
+
+    def records(self, rule: str, size: str, dtype: str) -> list[dict[str, Any]]:
+        """One record per thread count, over all samples; frees the arrays."""
+        out = [_record(Case(rule, size, dtype, "roofline", t), Timing(tuple(self.times[t]), self.first[t]))
+               for t in sorted(self.times)]
+        self.steps.clear()
+        return out
+
+
+def _run_group(group: list[Case], data: tuple[list, list], config: Config, progress: Progress,
+               records: list[dict[str, Any]], skipped: list[dict[str, Any]]) -> None:
+    """Measure one (rule, size, dtype): rooflines first, then every implementation."""
+    rooflines = _Rooflines(data, config)
+    try:
+        for case in group:
+            label = f"{case.rule} {case.size_case} {case.dtype} t={case.threads} {case.implementation}"
+            progress.show(label, "...")
+            try:
+                if case.implementation == "roofline":
+                    timing = rooflines.measure(case)
+                else:
+                    rooflines.burst(case.threads)
+                    timing = _measure_case(case, *data, config)
+                    records.append(_record(case, timing))
+            except impls.Unavailable as err:
+                skipped.append(dict(asdict(case), reason=str(err)))
+                progress.show(label, f"skipped: {err}", advance=True)
+                continue
+            except Exception as err:  # noqa: BLE001 - one broken case must not end the run
+                skipped.append(dict(asdict(case), reason=f"error: {type(err).__name__}: {err}"))
+                progress.show(label, f"error: {type(err).__name__}: {err}", advance=True)
+                continue
+            progress.show(label, f"{timing.median_s * 1e3:.3g} ms (n={len(timing.times)})", advance=True)
+    finally:
+        first = group[0]
+        records += rooflines.records(first.rule, first.size_case, first.dtype)
+
+
 def run(config: Config, stream: TextIO | None = None) -> dict[str, Any]:
     """Run the suite; return the JSON document (see the module docstring)."""
     begin = time.perf_counter()
@@ -225,25 +297,13 @@ def run(config: Config, stream: TextIO | None = None) -> dict[str, Any]:
         for size in config.sizes:
             for dtype in config.dtypes:
                 data = None
-                for case in [c for c in runnable if (c.size_case, c.dtype) == (size, dtype)]:
-                    if data is None:
-                        data = make_data(size, dtype, config.seed)
-                    label = f"{case.rule} {size} {dtype} t={case.threads} {case.implementation}"
-                    progress.show(label, "...")
-                    try:
-                        timing = _measure_case(case, *data, config)
-                    except impls.Unavailable as err:
-                        skipped.append(dict(asdict(case), reason=str(err)))
-                        progress.show(label, f"skipped: {err}", advance=True)
-                        continue
-                    except Exception as err:  # noqa: BLE001 - one broken case must not end the run
-                        skipped.append(dict(asdict(case), reason=f"error: {type(err).__name__}: {err}"))
-                        progress.show(label, f"error: {type(err).__name__}: {err}", advance=True)
-                        continue
-                    records.append(_record(case, timing))
-                    progress.show(label, f"{timing.median_s * 1e3:.3g} ms (n={len(timing.times)})", advance=True)
+                for rule in config.rules:
+                    group = [c for c in runnable if (c.size_case, c.dtype, c.rule) == (size, dtype, rule)]
+                    if group:
+                        data = data or make_data(size, dtype, config.seed)
+                        _run_group(group, data, config, progress, records, skipped)
+                        gc.collect()
                 del data
-                gc.collect()
         if config.fit:
             from fusedopt.bench.fit import run_fit
 
