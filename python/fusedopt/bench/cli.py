@@ -35,6 +35,12 @@ default skips (--no-skips runs them):
 extra cases, when this build has them: adam_l2 (fused L2 regularization, fusedopt's l2=)
   and dropout (fusedopt.ops.dropout vs keras.random.dropout); otherwise skipped with a note.
 --fit adds model.fit step time of a 102-variable MLP, fusedopt.keras.Adam vs keras Adam.
+output:
+  a table per case (median, IQR, min-max, GB/s, fraction of roofline, speedup vs keras-function)
+  and fusedopt's speedup over every baseline (each at its fastest thread count). GB/s counts
+  the rule's minimal bytes (params, grads, slots read; params, slots written); the roofline is
+  fusedopt._core.stream_roofline (outputs[k] += inputs) over the same bytes, sampled before
+  every case of the same rule so that it spans the same minutes on a shared machine.
 """
 
 
