@@ -109,3 +109,38 @@ def test_slot_variables_same_as_builtin_before_training():
         assert [(n, s) for n, s, _ in sa] == [(n, s) for n, s, _ in sb], case
         for (_, _, x), (_, _, y) in zip(sa, sb):
             np.testing.assert_array_equal(x, y)
+
+
+class _AdamWithExactBiasCorrection(keras.optimizers.Adam):
+    """keras.optimizers.Adam with one change: alpha = lr * sqrt(1 - b2^t) / (1 - b1^t)
+    from the exact betas in float64 (Keras: float32(beta) powers in float32)."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        import tensorflow as tf
+        from keras import ops
+
+        t = tf.cast(self.iterations + 1, tf.float64)
+        alpha = (tf.cast(learning_rate, tf.float64)
+                 * tf.sqrt(1.0 - tf.pow(tf.constant(self.beta_2, tf.float64), t))
+                 / (1.0 - tf.pow(tf.constant(self.beta_1, tf.float64), t)))
+        alpha = ops.cast(alpha, variable.dtype)
+        m = self._momentums[self._get_variable_index(variable)]
+        v = self._velocities[self._get_variable_index(variable)]
+        self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
+        self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - self.beta_2))
+        self.assign_sub(variable, ops.divide(ops.multiply(m, alpha), ops.add(ops.sqrt(v), self.epsilon)))
+
+
+def test_adam_difference_is_kerass_float32_bias_correction():
+    """The only difference between fusedopt's Adam and Keras's is Keras's float32
+    bias correction: with it computed exactly, the two agree to a few ulps even at
+    a large learning rate, where the built-in is visibly (~6e-6 relative per step)
+    apart."""
+    x, y = data()
+    kwargs = {"learning_rate": 0.1}
+    ref, ours = keras.optimizers.Adam(**kwargs), fk.Adam(**kwargs)
+    exact = _AdamWithExactBiasCorrection(name="adam_exact", **kwargs)
+    models = [fit(opt) for opt in (ref, exact, ours)]
+    assert_same_training(models[1], exact, models[2], ours, atol=1e-7, rtol=1e-6)
+    with pytest.raises(AssertionError):
+        assert_same_training(models[0], ref, models[2], ours, atol=1e-7, rtol=1e-6)
