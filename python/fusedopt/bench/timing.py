@@ -44,9 +44,10 @@ def measure(step: Callable[[], Any], *, warmup: int = 2, repeats: int | None = N
             budget_s: float = 0.25, min_repeats: int = 3, max_repeats: int = 200) -> Timing:
     """Time `step` one call at a time.
 
-    `warmup` untimed calls come first (the first one is reported as
-    ``first_call_s``; later warm-up calls stop once they have used
-    `budget_s`). Then, with `repeats` given, exactly that many timed calls;
+    Up to `warmup` untimed calls come first: the first one (reported as
+    ``first_call_s``) always, the others only while the warm-up has taken
+    less than `budget_s`, so a slow step is not run twice before timing.
+    Then, with `repeats` given, exactly that many timed calls;
     otherwise at least `min_repeats` and at most `max_repeats`, stopping once
     `budget_s` of timed calls has passed. The garbage collector is paused
     while timing.
@@ -54,13 +55,11 @@ def measure(step: Callable[[], Any], *, warmup: int = 2, repeats: int | None = N
     first = float("nan")
     start = time.perf_counter()
     for i in range(warmup):
-        t0 = time.perf_counter()
+        if i > 0 and time.perf_counter() - start >= budget_s:
+            break
         step()
         if i == 0:
-            first = time.perf_counter() - t0
-            start = time.perf_counter()
-        elif time.perf_counter() - start > budget_s:
-            break
+            first = time.perf_counter() - start
     times: list[float] = []
     enabled = gc.isenabled()
     gc.disable()
