@@ -8,9 +8,10 @@ Target task: digits 5-9 with only --shots labeled images per class; test on
 all held-out images of 5-9. Rows (each averaged over --seeds draws of the
 labeled subset):
 
-* from scratch: the same architecture, fresh weights, trained on the subset;
-* frozen base: `fusedopt.training.transfer_model` (base called with
-  training=False, frozen) + a new Dense(5) head; only the head trains;
+* from scratch: the same architecture, fresh weights, trained on the subset
+  (ordinary training, BatchNorm included);
+* frozen base: `fusedopt.training.transfer_model` (base frozen and kept in
+  inference mode) + a new Dense(5) head; only the head trains;
 * fine-tuned, one rate: then `unfreeze` (BatchNorm kept frozen) and train
   everything with one small learning rate;
 * fine-tuned, per-layer rates + L2-SP: `unfreeze` with
@@ -109,7 +110,9 @@ def run(shots: int, seeds: int, steps: int, pretrain_epochs: int) -> tuple[list[
     for seed in range(1, seeds + 1):
         x, y = few_shot(data, shots, seed)
 
-        scratch = make_classifier(make_base(seed), seed, "scratch")
+        scratch_base = make_base(seed)
+        keras.utils.set_random_seed(seed)
+        scratch = keras.Sequential([scratch_base, keras.layers.Dense(5, name="head")], name="scratch")
         scratch.compile(optimizer=fusedopt.keras.Adam(HEAD_LR), loss=LOSS, steps_per_execution=10)
         fit(scratch, x, y, 2 * steps)
         results.setdefault("from scratch", []).append(accuracy(scratch, data["x_test"], data["y_test"]))

@@ -11,7 +11,7 @@ Distillation (Hinton, Vinyals & Dean, 2015):
     :class:`OfflineDistiller` (offline, from cached teacher logits).
 
 Transfer learning (Keras's transfer-learning guide):
-    :func:`transfer_model` (base called with ``training=False``),
+    :func:`transfer_model` / :class:`InferenceMode` (base kept in inference mode),
     :func:`freeze` / :func:`unfreeze` (and recompile),
     :func:`discriminative_optimizer` / :func:`layerwise_decay` (per-layer
     learning rates on ``MultiOptimizer``, Howard & Ruder 2018),
@@ -35,6 +35,7 @@ from fusedopt.training.distillation import (
 )
 from fusedopt.training.l2sp import L2SPAttachment, attach_l2sp, detach_l2sp
 from fusedopt.training.transfer import (
+    InferenceMode,
     discriminative_optimizer,
     find_layers,
     freeze,
@@ -57,6 +58,7 @@ __all__ = [
     "OfflineDistiller",
     # transfer learning
     "find_layers",
+    "InferenceMode",
     "transfer_model",
     "freeze",
     "unfreeze",

@@ -159,7 +159,7 @@ def _reference_values(model: keras.layers.Layer, reference: Any) -> dict[int, np
         for ref in reference.weights:
             target = by_key(ref, "reference")
             if target is not None:
-                values[id(target)] = np.array(keras.ops.convert_to_numpy(ref), copy=True)
+                values[id(target)] = np.array(ref.numpy(), copy=True)
         if not values:
             raise ValueError("no variable of the reference model is in the model (by identity or path)")
     elif isinstance(reference, Mapping):
@@ -171,7 +171,7 @@ def _reference_values(model: keras.layers.Layer, reference: Any) -> dict[int, np
     elif isinstance(reference, Sequence) and not isinstance(reference, str):
         if len(reference) != len(model_vars):
             raise ValueError(f"reference has {len(reference)} arrays but the model has {len(model_vars)} "
-                             "weights (a list must follow model.weights / model.get_weights())")
+                             "weights (a list must be aligned with model.weights, as model.get_weights())")
         for v, value in zip(model_vars, reference):
             values[id(v)] = np.array(value, copy=True)
     else:

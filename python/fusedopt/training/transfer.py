@@ -1,22 +1,35 @@
-r"""Transfer learning: a base called in inference mode, freezing, per-layer learning rates.
+r"""Transfer learning: a base kept in inference mode, freezing, per-layer learning rates.
 
 Follows Keras's transfer-learning guide ("Transfer learning & fine-tuning",
 keras.io/guides/transfer_learning):
 
-1. build ``inputs -> base(inputs, training=False) -> new head``
+1. build ``inputs -> base (inference mode) -> new head``
    (:func:`transfer_model`), so that BatchNormalization layers of the base
-   stay in inference mode (their moving statistics never change) even after
-   the base is unfrozen;
+   keep their statistics even after the base is unfrozen;
 2. freeze the base and train the head (:func:`freeze`);
 3. unfreeze (all or part of) the base and train everything with a low
    learning rate (:func:`unfreeze`), possibly a different one per layer
    (:func:`discriminative_optimizer`; "discriminative fine-tuning", Howard &
    Ruder, ACL 2018), possibly with L2-SP (:func:`fusedopt.training.attach_l2sp`).
 
-Changing ``trainable`` has no effect on a compiled model until it is
-compiled again: ``fit`` keeps the traced train function and the optimizer
-built for the old variable list (Keras 3.15 only warns). :func:`freeze` and
-:func:`unfreeze` recompile for you.
+Three Keras 3.15 behaviours these helpers work around:
+
+* The guide's ``x = base(inputs, training=False)`` does not hold inside a
+  functional model: when the outer model is called with ``training=True``
+  (as ``fit`` does), ``keras/src/models/functional.py`` (``operation_fn``)
+  passes that value to every layer, replacing the ``False`` recorded when
+  the graph was built, so BatchNormalization updates its moving statistics
+  once the base is unfrozen (keras-team/keras#20285).
+  :class:`InferenceMode` calls the base with ``training=False`` from inside
+  its own ``call``, where nothing overrides it.
+* Changing ``trainable`` has no effect on a compiled model until it is
+  compiled again: ``fit`` keeps the traced train function and the optimizer
+  built for the old variable list (Keras only warns). :func:`freeze` and
+  :func:`unfreeze` recompile.
+* On the TensorFlow backend ``layer.trainable = True`` on a layer whose flag
+  is already True does nothing (``KerasAutoTrackable.__setattr__``
+  short-circuits assigning the same object), so it does not unfreeze frozen
+  layers nested inside; the helpers call the property setter.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ import keras
 
 __all__ = [
     "find_layers",
+    "InferenceMode",
     "transfer_model",
     "freeze",
     "unfreeze",
@@ -90,6 +104,44 @@ def find_layers(model: keras.layers.Layer, layers: LayerRef | Iterable[LayerRef]
     return found
 
 
+@keras.saving.register_keras_serializable(package="fusedopt")
+class InferenceMode(keras.layers.Layer):
+    """Wraps a layer or model and always calls it with ``training=False``.
+
+    What the transfer-learning guide's ``base(inputs, training=False)`` is
+    meant to do, in a form a functional model cannot override (see the
+    module docstring): BatchNormalization uses and keeps its moving
+    statistics and Dropout is off inside ``layer``, whether or not ``layer``
+    is trainable. ``layer``'s variables keep their paths and stay
+    trainable/frozen as ``layer`` says.
+    """
+
+    def __init__(self, layer: keras.layers.Layer, **kwargs: Any) -> None:
+        kwargs.setdefault("name", f"{layer.name}_inference_mode")
+        super().__init__(**kwargs)
+        self.layer = layer
+
+    def build(self, input_shape: Any) -> None:
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self.built = True
+
+    def call(self, inputs: Any) -> Any:
+        return self.layer(inputs, training=False)
+
+    def compute_output_spec(self, inputs: Any) -> Any:
+        return self.layer.compute_output_spec(inputs)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "layer": keras.saving.serialize_keras_object(self.layer)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "InferenceMode":
+        config = dict(config)
+        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
+        return cls(**config)
+
+
 def transfer_model(
     base: keras.Model,
     head: keras.layers.Layer | Sequence[keras.layers.Layer] | Callable[[Any], Any],
@@ -98,16 +150,16 @@ def transfer_model(
     freeze_base: bool = True,
     name: str = "transfer_model",
 ) -> keras.Model:
-    """``inputs -> base(inputs, training=False) -> head``, with the base frozen.
+    """``inputs -> InferenceMode(base) -> head``, with the base frozen.
 
-    Calling the base with ``training=False`` is what keeps its
-    BatchNormalization layers in inference mode when the base is later
-    unfrozen for fine-tuning (Keras's transfer-learning guide); a base that
-    is simply stacked in a ``Sequential`` would update its moving statistics
-    on the new data. ``head`` is a layer, a list of layers applied in order,
-    or a function of the base's output. The input shape is taken from
-    ``base.inputs`` unless ``input_shape`` (without the batch axis) is given.
-    Compile the result before training.
+    The base always runs in inference mode (:class:`InferenceMode`): its
+    BatchNormalization layers keep the pretrained statistics and its
+    Dropout is off, also after :func:`unfreeze` (the intent of the guide's
+    ``base(inputs, training=False)``, which a Keras 3 functional model
+    overrides during ``fit``). ``head`` is a layer, a list of layers applied
+    in order, or a function of the base's output. The input shape is taken
+    from ``base.inputs`` unless ``input_shape`` (without the batch axis) is
+    given. Compile the result before training.
     """
     if input_shape is None:
         if getattr(base, "inputs", None) is None or len(base.inputs) != 1:
@@ -116,9 +168,9 @@ def transfer_model(
         dtype = base.inputs[0].dtype
     else:
         dtype = None
-    base.trainable = not freeze_base
+    _set_flag(base, not freeze_base)
     inputs = keras.Input(shape=tuple(input_shape), dtype=dtype)
-    x = base(inputs, training=False)
+    x = InferenceMode(base)(inputs)
     if isinstance(head, keras.layers.Layer) or not isinstance(head, Sequence):
         head = [head]
     for layer in head:
@@ -152,13 +204,28 @@ def recompile(model: keras.Model, optimizer: Any = None) -> bool:
     return True
 
 
+def _set_flag(layer: keras.layers.Layer, trainable: bool) -> None:
+    """``layer.trainable = trainable``, always through the property setter.
+
+    The setter cascades to nested layers and their variables' flags. Plain
+    assignment does not reach it when the value is unchanged: on the
+    TensorFlow backend ``KerasAutoTrackable.__setattr__`` short-circuits
+    ``self.x = value`` when ``getattr(self, "x") is value``, so
+    ``model.trainable = True`` on a trainable model leaves a frozen base
+    inside it frozen (Keras 3.15). The setter's own cascade to sublayers
+    assigns plainly too, hence the walk over every nested layer.
+    """
+    for sub in _all_layers(layer):  # the setter's own cascade uses plain assignment
+        keras.layers.Layer.trainable.fset(sub, trainable)
+
+
 def _set_trainable(model: keras.Model, layers: LayerRef | Iterable[LayerRef] | None, trainable: bool,
                    optimizer: Any, recompile_model: bool, keep_batchnorm_frozen: bool) -> list[keras.layers.Layer]:
     if optimizer is not None and not recompile_model:
         raise ValueError("optimizer is only used with recompile=True")
     targets = find_layers(model, layers)
     for layer in targets:
-        layer.trainable = trainable  # recursive in Keras 3 (layers and their variables' flags)
+        _set_flag(layer, trainable)
     if trainable and not model.trainable:
         # model.trainable_weights is empty while the model's own flag is False; set only
         # that flag (the setter would unfreeze every layer).
@@ -167,7 +234,7 @@ def _set_trainable(model: keras.Model, layers: LayerRef | Iterable[LayerRef] | N
         for layer in targets:
             for sub in _all_layers(layer):
                 if isinstance(sub, keras.layers.BatchNormalization):
-                    sub.trainable = False
+                    _set_flag(sub, False)
     if recompile_model:
         recompile(model, optimizer)
     return targets
@@ -199,11 +266,12 @@ def unfreeze(model: keras.Model, layers: LayerRef | Iterable[LayerRef] | None = 
     while the base's other layers stay frozen.
 
     ``keep_batchnorm_frozen`` (default) leaves BatchNormalization layers
-    frozen: they stay in inference mode and their scale/offset are not
-    trained, however the base was called. With
-    ``keep_batchnorm_frozen=False`` they train their scale/offset, and stay
-    in inference mode only if the base is called with ``training=False``
-    (:func:`transfer_model`). Returns the layers unfrozen.
+    frozen: a frozen BatchNormalization runs in inference mode, so its
+    statistics and scale/offset stay as pretrained, however the model calls
+    it. With ``keep_batchnorm_frozen=False`` their scale/offset train, and
+    their statistics stay only if the base runs in inference mode
+    (:func:`transfer_model`, :class:`InferenceMode`); otherwise ``fit``
+    re-estimates them on the new data. Returns the layers unfrozen.
     """
     return _set_trainable(model, layers, True, optimizer, recompile, keep_batchnorm_frozen)
 
