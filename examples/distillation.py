@@ -92,13 +92,15 @@ def run(epochs: int, seeds: int, teacher_epochs: int, student_samples: int) -> l
     rows.append({"model": "teacher", "params": teacher.count_params(), "training": "hard labels",
                  "acc": [accuracy(teacher, x_test, y_test)], "seconds": time.perf_counter() - start})
 
-    def record(name: str, acc: float, seconds: float, params: int) -> None:
+    def record(name: str, acc: float, seconds: float, params: int, history: Any) -> None:
         row = next((r for r in rows if r["training"] == name), None)
         if row is None:
-            row = {"model": "student", "params": params, "training": name, "acc": [], "seconds": 0.0}
+            row = {"model": "student", "params": params, "training": name, "acc": [], "seconds": 0.0,
+                   "losses": []}
             rows.append(row)
         row["acc"].append(acc)
         row["seconds"] += seconds / seeds
+        row["losses"].append((history.history["loss"][0], history.history["loss"][-1]))
 
     with tempfile.TemporaryDirectory() as tmp:
         # Offline: run the teacher once; its logits live in a .npy file from now on.
@@ -111,30 +113,30 @@ def run(epochs: int, seeds: int, teacher_epochs: int, student_samples: int) -> l
             student = student_model(seed)
             student.compile(optimizer=fusedopt.keras.Adam(STUDENT_LR), loss=LOSS,
                             steps_per_execution=STEPS_PER_EXECUTION)
-            student.fit(x_small, y_small, batch_size=32, epochs=epochs, verbose=0)
+            history = student.fit(x_small, y_small, batch_size=32, epochs=epochs, verbose=0)
             record("from scratch (hard labels)", accuracy(student, x_test, y_test),
-                   time.perf_counter() - start, student.count_params())
+                   time.perf_counter() - start, student.count_params(), history)
 
             start = time.perf_counter()
             student = student_model(seed)
             distiller = ft.build_distiller(teacher, student, temperature=TEMPERATURE, alpha=ALPHA,
                                            optimizer=fusedopt.keras.Adam(STUDENT_LR),
                                            steps_per_execution=STEPS_PER_EXECUTION)
-            distiller.fit(x_small, y_small, batch_size=32, epochs=epochs, verbose=0)
+            history = distiller.fit(x_small, y_small, batch_size=32, epochs=epochs, verbose=0)
             record("online distillation", accuracy(distiller.student, x_test, y_test),
-                   time.perf_counter() - start, student.count_params())
+                   time.perf_counter() - start, student.count_params(), history)
 
             start = time.perf_counter()
             student = student_model(seed)
             offline = ft.OfflineDistiller(student, temperature=TEMPERATURE, alpha=ALPHA)
             offline.compile(optimizer=fusedopt.keras.Adam(STUDENT_LR), steps_per_execution=STEPS_PER_EXECUTION)
-            offline.fit(ft.DistillationDataset(x_small, y_small, cached, batch_size=32, seed=seed),
-                        epochs=epochs, verbose=0)
+            history = offline.fit(ft.DistillationDataset(x_small, y_small, cached, batch_size=32, seed=seed),
+                                  epochs=epochs, verbose=0)
             path = os.path.join(tmp, f"student_{seed}.keras")
             offline.student.save(path)  # the student alone
             reloaded = keras.saving.load_model(path)
             record("offline distillation (cached logits)", accuracy(reloaded, x_test, y_test),
-                   time.perf_counter() - start + cache_seconds, student.count_params())
+                   time.perf_counter() - start + cache_seconds, student.count_params(), history)
 
             start = time.perf_counter()
             student = student_model(seed)
@@ -143,9 +145,9 @@ def run(epochs: int, seeds: int, teacher_epochs: int, student_samples: int) -> l
                 student_loss_weight=ALPHA)
             keras_default.compile(optimizer=fusedopt.keras.Adam(STUDENT_LR), loss=LOSS,
                                   steps_per_execution=STEPS_PER_EXECUTION)
-            keras_default.fit(x_small, y_small, batch_size=32, epochs=epochs, verbose=0)
+            history = keras_default.fit(x_small, y_small, batch_size=32, epochs=epochs, verbose=0)
             record("online, Keras LogitsDistillation() default", accuracy(student, x_test, y_test),
-                   time.perf_counter() - start, student.count_params())
+                   time.perf_counter() - start, student.count_params(), history)
     return rows
 
 
@@ -167,12 +169,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--student-samples", type=int, default=200,
                         help="labeled training images the students see")
     args = parser.parse_args(argv)
-    epochs = args.epochs or (3 if args.quick else 60)
+    epochs = args.epochs or (4 if args.quick else 60)
     seeds = args.seeds or (1 if args.quick else 3)
+    start = time.perf_counter()
     rows = run(epochs, seeds, teacher_epochs=3 if args.quick else 25, student_samples=args.student_samples)
     print(f"digits, teacher trained on 1347 images, students on {args.student_samples}; T={TEMPERATURE}, "
           f"alpha={ALPHA}, student {epochs} epochs x {seeds} seeds, optimizer fusedopt.keras.Adam")
     print_table(rows)
+    print(f"elapsed {time.perf_counter() - start:.0f} s")
     return rows
 
 

@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> tuple[list[dict[str, Any]], list[dict
     parser.add_argument("--seeds", type=int, default=None)
     args = parser.parse_args(argv)
     seeds = args.seeds or (1 if args.quick else 3)
-    steps = 20 if args.quick else 200
+    steps = 10 if args.quick else 200
     start = time.perf_counter()
     rows, layer_rows, implementation = run(args.shots, seeds, steps, pretrain_epochs=3 if args.quick else 20)
     print(f"pretrained on digits 0-4; fine-tuned on {args.shots} images per class of 5-9, {seeds} draws; "

@@ -105,10 +105,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser.add_argument("--steps", type=int, default=None)
     args = parser.parse_args(argv)
     steps = args.steps or (100 if args.quick else 1000)
+    start = time.perf_counter()
     results = run(steps=steps)
     print(f"least squares, 2000 x 50, condition number ~100; excess loss f(w) - f(w*) after each step "
           f"count (fusedopt {fusedopt.__version__}, ISA {fusedopt.build_info()['isa']})")
     print_table(results)
+    print(f"elapsed {time.perf_counter() - start:.1f} s")
     return results
 
 
