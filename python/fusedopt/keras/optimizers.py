@@ -74,6 +74,29 @@ def _tf_variable(v: Any) -> Any:
     return v.value if isinstance(v, keras.Variable) else v
 
 
+_SPECIALIZED: dict = {}
+
+
+def _with_backend_specialization(cls: type) -> type:
+    """`cls`, or on a backend where Keras's constructor returns a subclass of the
+    built-in (torch), a subclass of both, so that Keras's update is that one."""
+    if cls in _SPECIALIZED:
+        return _SPECIALIZED[cls]
+    built_in = next(c for c in cls.__mro__ if c.__module__.startswith("keras."))
+    specialized = type(built_in.__new__(built_in))
+    if specialized is built_in or issubclass(cls, specialized):
+        result = cls
+    else:
+        result = type(cls.__name__, (cls, specialized),
+                      {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                       "__doc__": cls.__doc__})
+        # Serialize as the fusedopt class; deserializing builds this one again.
+        result = keras.saving.register_keras_serializable(package="fusedopt")(result)
+        _SPECIALIZED[result] = result
+    _SPECIALIZED[cls] = result
+    return result
+
+
 class _Fused:
     """Mixin over a Keras optimizer: the fused TensorFlow update step.
 
@@ -83,6 +106,11 @@ class _Fused:
     """
 
     _fuse_weight_decay = True  # Muon decays with its own per-variable rule
+
+    def __new__(cls, *args, **kwargs):
+        # Off TensorFlow, be exactly the built-in: on torch, keras.optimizers.X()
+        # builds a torch-specific subclass (multi-tensor torch._foreach update).
+        return super().__new__(_with_backend_specialization(cls))
 
     # -- per-optimizer description -------------------------------------------
     def _fused_rule(self) -> str:
@@ -321,9 +349,8 @@ class Nadam(_AdamSlots, _Fused, keras.optimizers.Nadam):
         return [_keras_cast(self.beta_1), _keras_cast(self.beta_2), self.epsilon, self._u_product]
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        if not self._fused_possible():
-            return keras.optimizers.Nadam._backend_update_step(self, grads, trainable_variables,
-                                                               learning_rate)
+        if not self._fused_possible():  # Keras's own (per backend) Nadam update
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
         # Keras's Nadam advances its momentum-schedule product, then updates;
         # do the first part here, once, for fused and unfused variables alike.
         dtype = self._u_product.dtype
