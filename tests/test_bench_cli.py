@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -186,3 +187,5 @@ def test_measure_repeats_and_spread():
     assert timing.min_s <= timing.median_s <= timing.max_s and timing.iqr_s >= 0
     adaptive = measure(lambda: None, warmup=0, budget_s=0.0, min_repeats=3)
     assert len(adaptive.times) == 3
+    stalled = measure(lambda: time.sleep(0.03), warmup=0, budget_s=0.01, min_repeats=3, limit_s=0.05)
+    assert len(stalled.times) == 2  # the time limit wins over min_repeats

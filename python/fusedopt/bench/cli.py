@@ -22,11 +22,14 @@ defaults (the suite `fusedopt bench` runs with no arguments, < 3 minutes on 2 co
   float32, threads 1 and fusedopt.get_num_threads(), every implementation available.
   Thread counts apply to roofline, fusedopt and torch-*; TensorFlow uses its own pool
   (all cores) and NumPy one thread, so those run once.
-  Each case: {DEFAULT_WARMUP} warm-up calls (the first, with tracing, is reported as first_call_s),
-  then single-step timings until {DEFAULT_BUDGET_S} s have passed (at least 3, at most 200);
-  --repeats N times exactly N steps instead.
+  Each case: up to {DEFAULT_WARMUP} warm-up calls (the first, with tracing, is reported as
+  first_call_s; the second only when the first took less than the budget),
+  then single-step timings until {DEFAULT_BUDGET_S} s have passed (at least 3, at most 200;
+  a case stops after 2 s of timed steps even below 3); --repeats N times exactly N steps.
 default skips (--no-skips runs them):
   muon on large (Newton-Schulz on 2048x2048 is ~1 TFLOP per step);
+  torch-* above 1 thread on machines with <= 2 CPUs (fastest at 1 thread there; PyTorch's
+  OpenMP pool stalls for seconds per step when the machine is shared);
   keras-eager for adam and dropout only (the same update_step as keras-function, ~3x slower);
   torch-foreach where torch-fused exists (fused is PyTorch's fastest CPU path);
   on small: keras-function and fusedopt-keras for adam only (tracing 1000 variables takes

@@ -64,12 +64,16 @@ class Case:
 TORCH_FUSED = ("SGD", "Adam", "AdamW", "Adagrad")
 
 
-def default_skip(rule: str, size: str, impl: str, impls: Sequence[str] = IMPLEMENTATIONS) -> str | None:
+def default_skip(rule: str, size: str, impl: str, impls: Sequence[str] = IMPLEMENTATIONS,
+                 threads: int = 1) -> str | None:
     """Why the default suite leaves a combination out (None: it runs).
 
     These keep `fusedopt bench` inside 3 minutes on 2 cores; ``--no-skips``
     runs everything selected.
     """
+    if impl.startswith("torch") and threads > 1 and (os.cpu_count() or 1) <= 2:
+        return ("on <= 2 CPUs PyTorch's CPU optimizers are fastest at 1 thread, and its OpenMP "
+                "pool stalls for seconds when the machine is shared")
     if rule == "muon" and size == "large":
         return "Newton-Schulz on 2048x2048 tensors costs ~1 TFLOP per step (seconds)"
     if rule == "dropout" and impl == "keras-xla":
@@ -104,9 +108,10 @@ def plan(config: Config) -> list[Case]:
         for dtype in config.dtypes:
             for rule in config.rules:
                 for impl in ["roofline"] + [i for i in IMPLEMENTATIONS if i in config.impls and i != "roofline"]:
-                    skip = default_skip(rule, size, impl, config.impls) if config.skips else None
                     counts = config.threads if impl in THREAD_AWARE else [top]
-                    cases += [Case(rule, size, dtype, impl, t, skip) for t in counts]
+                    cases += [Case(rule, size, dtype, impl, t,
+                                   default_skip(rule, size, impl, config.impls, t) if config.skips else None)
+                              for t in counts]
     return cases
 
 

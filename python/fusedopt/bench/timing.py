@@ -41,7 +41,8 @@ class Timing:
 
 
 def measure(step: Callable[[], Any], *, warmup: int = 2, repeats: int | None = None,
-            budget_s: float = 0.25, min_repeats: int = 3, max_repeats: int = 200) -> Timing:
+            budget_s: float = 0.25, min_repeats: int = 3, max_repeats: int = 200,
+            limit_s: float | None = None) -> Timing:
     """Time `step` one call at a time.
 
     Up to `warmup` untimed calls come first: the first one (reported as
@@ -49,9 +50,11 @@ def measure(step: Callable[[], Any], *, warmup: int = 2, repeats: int | None = N
     less than `budget_s`, so a slow step is not run twice before timing.
     Then, with `repeats` given, exactly that many timed calls;
     otherwise at least `min_repeats` and at most `max_repeats`, stopping once
-    `budget_s` of timed calls has passed. The garbage collector is paused
-    while timing.
+    `budget_s` of timed calls has passed, or once `limit_s` has (default
+    ``max(2, 20 * budget_s)``; it bounds a case whose steps stall, even
+    below `min_repeats`). The garbage collector is paused while timing.
     """
+    limit_s = max(2.0, 20 * budget_s) if limit_s is None else limit_s
     first = float("nan")
     start = time.perf_counter()
     for i in range(warmup):
@@ -73,8 +76,10 @@ def measure(step: Callable[[], Any], *, warmup: int = 2, repeats: int | None = N
             if repeats is not None:
                 if n >= repeats:
                     break
-            elif n >= max_repeats or (n >= min_repeats and time.perf_counter() - start >= budget_s):
-                break
+            else:
+                elapsed = time.perf_counter() - start
+                if n >= max_repeats or elapsed >= limit_s or (n >= min_repeats and elapsed >= budget_s):
+                    break
     finally:
         if enabled:
             gc.enable()
