@@ -41,6 +41,34 @@ struct Adafactor {
             Op(h[kEpsilon2]), Op(h[kClipThreshold]), Op(b2t), Op(1.0 - b2t)};
   }
 
+  // The elementwise pieces, shared by update_tensor and the CUDA kernels.
+  // s = g^2 + eps1
+  template <class Op> FUSEDOPT_HOST_DEVICE static Op squared_grad(const Scalars<Op>& k, Op g) {
+    return g * g + k.eps1;
+  }
+  // The running average of a second-moment statistic with its new mean.
+  template <class Op>
+  FUSEDOPT_HOST_DEVICE static Op average(const Scalars<Op>& k, Op old, Op mean) {
+    return k.b2t * old + k.one_minus_b2t * mean;
+  }
+  // alpha = max(eps2, rms(p)) * rho_t, from sum(p^2) over n elements.
+  template <class Op>
+  FUSEDOPT_HOST_DEVICE static Op alpha(const Scalars<Op>& k, double sum_p2, int64_t n) {
+    return max_of(k.eps2, Op(std::sqrt(sum_p2 / double(n)))) * k.rho;
+  }
+  template <class Op> FUSEDOPT_HOST_DEVICE static Op direction(Op g, Op v) {
+    return g / std::sqrt(v);
+  }
+  // max(1, rms(u) / clip_threshold), from sum(u^2) over n elements.
+  template <class Op>
+  FUSEDOPT_HOST_DEVICE static Op clip_denominator(const Scalars<Op>& k, double sum_u2, int64_t n) {
+    return max_of(Op(1), Op(std::sqrt(sum_u2 / double(n))) / k.clip);
+  }
+  template <class Op>
+  FUSEDOPT_HOST_DEVICE static Op apply(Op p, Op alpha, Op u, Op clip_denominator) {
+    return p - alpha * (u / clip_denominator);
+  }
+
   // One whole tensor of n elements. When `factored`, it is viewed as
   // [batch, rows, cols] and r, c hold [batch, rows] and [batch, cols];
   // otherwise r, c are unused placeholders. `decay` is the decoupled weight
@@ -56,7 +84,7 @@ struct Adafactor {
       p[i] = T(pv);
       sum_p2 += double(pv) * double(pv);
     }
-    const Op alpha = max_of(k.eps2, Op(std::sqrt(sum_p2 / double(n)))) * k.rho;
+    const Op alpha_t = alpha(k, sum_p2, n);
 
     if (factored) {
       std::vector<double> col_sum(static_cast<size_t>(cols));
@@ -70,16 +98,16 @@ struct Adafactor {
           double row_sum = 0.0;
           for (int64_t j = 0; j < cols; ++j) {
             const Op gv = Op(gb[i * cols + j]);
-            const double s = double(gv * gv + k.eps1);
+            const double s = double(squared_grad(k, gv));
             row_sum += s;
             col_sum[size_t(j)] += s;
           }
-          const Op rv = k.b2t * Op(rb[i]) + k.one_minus_b2t * Op(row_sum / double(cols));
+          const Op rv = average(k, Op(rb[i]), Op(row_sum / double(cols)));
           rb[i] = T(rv);
           r_total += double(rv);
         }
         for (int64_t j = 0; j < cols; ++j)
-          cb[j] = T(k.b2t * Op(cb[j]) + k.one_minus_b2t * Op(col_sum[size_t(j)] / double(rows)));
+          cb[j] = T(average(k, Op(cb[j]), Op(col_sum[size_t(j)] / double(rows))));
         const Op r_mean = Op(r_total / double(rows));
         T* vb = v + b * rows * cols;
         for (int64_t i = 0; i < rows; ++i) {
@@ -90,20 +118,18 @@ struct Adafactor {
     } else {
       for (int64_t i = 0; i < n; ++i) {
         const Op gv = Op(g[i]);
-        v[i] = T(k.b2t * Op(v[i]) + k.one_minus_b2t * (gv * gv + k.eps1));
+        v[i] = T(average(k, Op(v[i]), squared_grad(k, gv)));
       }
     }
 
     double sum_u2 = 0.0;
     for (int64_t i = 0; i < n; ++i) {
-      const Op u = Op(g[i]) / std::sqrt(Op(v[i]));
+      const Op u = direction(Op(g[i]), Op(v[i]));
       sum_u2 += double(u) * double(u);
     }
-    const Op clip_denominator = max_of(Op(1), Op(std::sqrt(sum_u2 / double(n))) / k.clip);
-    for (int64_t i = 0; i < n; ++i) {
-      const Op u = Op(g[i]) / std::sqrt(Op(v[i]));
-      p[i] = T(Op(p[i]) - alpha * (u / clip_denominator));
-    }
+    const Op clip = clip_denominator(k, sum_u2, n);
+    for (int64_t i = 0; i < n; ++i)
+      p[i] = T(apply(Op(p[i]), alpha_t, direction(Op(g[i]), Op(v[i])), clip));
   }
 };
 

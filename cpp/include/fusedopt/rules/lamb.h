@@ -48,7 +48,7 @@ struct Lamb {
     v = v + (g * g - v) * c.one_minus_b2;
     return direction(c, m, v);
   }
-  static double trust_ratio(double param_norm, double direction_norm) {
+  FUSEDOPT_HOST_DEVICE static double trust_ratio(double param_norm, double direction_norm) {
     return (param_norm > 0.0 && direction_norm > 0.0) ? param_norm / direction_norm : 1.0;
   }
   // Pass 2: p <- p - (r * lr) * u.
