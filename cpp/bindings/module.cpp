@@ -200,12 +200,14 @@ void stream_roofline_py(py::handle outputs_h, py::handle inputs_h) {
 namespace fusedopt::bindings {
 void register_regularizers(py::module_& m);  // regularizer_bindings.cpp
 void register_dropout(py::module_& m);       // dropout_bindings.cpp
+void register_cuda(py::module_& m);          // cuda_bindings.cpp (stubs without CUDA)
 }  // namespace fusedopt::bindings
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fusedopt's C++ engine (private: use the fusedopt package).";
   register_regularizers(m);
   register_dropout(m);
+  register_cuda(m);
   m.def("apply", &apply_py, py::arg("rule"), py::arg("params"), py::arg("grads"),
         py::arg("states"), py::arg("hyper"), py::arg("step"), py::arg("learning_rate"),
         py::arg("weight_decay") = 0.0, py::arg("dry_run") = false, py::arg("l1") = 0.0,
