@@ -49,9 +49,13 @@ def get_num_threads() -> int:
 
 
 def build_info() -> dict[str, Any]:
-    """What this build runs with: ISA in use and available, threads, versions."""
+    """What this build runs with: ISA in use and available, threads, versions, and
+    CUDA: whether the kernels are compiled in (``cuda_compiled``), the devices
+    usable now (``cuda_devices``; 0 without a GPU or driver, ``cuda_status``
+    says why) and the CUDA runtime version built against (0: none)."""
     import numpy
 
+    cuda_devices = _core.cuda_device_count()
     return {
         "version": __version__,
         "isa": _core.active_isa(),
@@ -62,6 +66,10 @@ def build_info() -> dict[str, Any]:
         "numpy": numpy.__version__,
         "machine": platform.machine(),
         "chunk_elements": _core.chunk_elements,
+        "cuda_compiled": bool(_core.cuda_compiled),
+        "cuda_devices": cuda_devices,
+        "cuda_runtime": _core.cuda_runtime_version(),
+        "cuda_status": "ok" if cuda_devices else _core.cuda_no_device_reason(),
     }
 
 

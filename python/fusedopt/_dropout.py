@@ -8,7 +8,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from fusedopt import _core
+from fusedopt import _core, _cuda
 from fusedopt._arrays import as_array
 
 Seed = Union[int, Tuple[int, int]]
@@ -117,6 +117,8 @@ def dropout(x: Any, rate: float, seed: Seed, noise_shape: NoiseShape = None
     """
     x = as_array(x, "x")
     s0, s1 = _seed_words(seed)
+    if _cuda.is_cuda_array(x):  # the same masks from the CUDA kernels, on x's device
+        return _cuda.dropout(x, _check_rate(rate), s0, s1, _noise_shape(x, noise_shape))
     return _core.dropout(x, _check_rate(rate), s0, s1, _noise_shape(x, noise_shape))
 
 
@@ -132,6 +134,9 @@ def dropout_backward(dy: Any, packed_mask: Optional[np.ndarray], rate: float,
     dy = as_array(dy, "dy")
     words = None if seed is None else _seed_words(seed)
     mask = None if packed_mask is None else as_array(packed_mask, "packed_mask")
+    if _cuda.is_cuda_array(dy):
+        return _cuda.dropout_backward(dy, mask, _check_rate(rate), words,
+                                      _noise_shape(dy, noise_shape))
     return _core.dropout_backward(dy, mask, _check_rate(rate), words, _noise_shape(dy, noise_shape))
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Mapping, Sequence
 
-from fusedopt import _core
+from fusedopt import _core, _cuda
 from fusedopt._arrays import as_array_list, as_state_lists
 from fusedopt._dropout import dropout, dropout_backward
 
@@ -93,7 +93,7 @@ def apply(
     names = RULES[rule]["states"]
     if not isinstance(states, (list, tuple)):
         raise TypeError(f"states must be a list of {len(names)} lists of arrays ({names})")
-    _core.apply(
+    _cuda.engine_apply(  # the CPU engine, or the CUDA one for CUDA arrays
         rule,
         as_array_list(params, "params"),
         as_array_list(grads, "grads"),
@@ -106,6 +106,7 @@ def apply(
         l1=l1,
         l2=l2,
         proximal_l1=proximal_l1,
+        state_names=names,
     )
 
 

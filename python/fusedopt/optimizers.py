@@ -34,8 +34,8 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 
-from fusedopt import _core
-from fusedopt._arrays import as_array_list
+from fusedopt import _core, _cuda
+from fusedopt._arrays import as_array_list, copy, full_like, zeros, zeros_like
 
 LearningRate = Union[float, Callable[[int], Any]]
 
@@ -87,7 +87,11 @@ class Optimizer:
         proximal_l1: float = 0.0,
     ) -> None:
         self.params: list[np.ndarray] = as_array_list(params, "params")
-        for i, p in enumerate(self.params):
+        # CUDA arrays (PyTorch, CuPy: fusedopt._cuda) run on the CUDA engine.
+        self._on_cuda = bool(self.params) and _cuda.is_cuda_array(self.params[0])
+        if self._on_cuda:
+            _cuda.check_params(self.params)
+        for i, p in enumerate(() if self._on_cuda else self.params):
             if not isinstance(p, np.ndarray):
                 raise TypeError(f"params[{i}] must be a numpy.ndarray or DLPack CPU tensor, "
                                 f"got {type(p).__name__}")
@@ -128,7 +132,7 @@ class Optimizer:
 
     def _build(self) -> None:
         for slot in self._slot_names:
-            self.slots[slot] = [np.zeros_like(p) for p in self.params]
+            self.slots[slot] = [zeros_like(p) for p in self.params]
 
     def _extra_state(self) -> dict[str, float]:
         """Scalars beyond the slots that a state dict must carry."""
@@ -167,13 +171,22 @@ class Optimizer:
         """The engine's fused-regularization arguments."""
         return {"l1": self.l1, "l2": self.l2, "proximal_l1": self.proximal_l1}
 
+    def _engine_apply(self, *args, **kwargs) -> None:
+        """The engine's apply for this optimizer's device (CPU or CUDA)."""
+        if self._on_cuda:
+            _cuda.apply(*args, **kwargs)
+        else:
+            _cuda.engine_apply(*args, **kwargs, state_names=self._slot_names)
+
     def _apply(self, grads: list, lr: float, dry_run: bool) -> None:
-        _core.apply(self._rule, self.params, grads, [self.slots[s] for s in self._slot_names],
-                    self._hyper(), self.iterations + 1, lr, self.weight_decay or 0.0, dry_run,
-                    **self._regularization())
+        self._engine_apply(self._rule, self.params, grads, [self.slots[s] for s in self._slot_names],
+                           self._hyper(), self.iterations + 1, lr, self.weight_decay or 0.0,
+                           dry_run, **self._regularization())
 
     def _clip(self, grads: list) -> list:
         """Keras's clipping: clipvalue, then clipnorm per tensor or global_clipnorm."""
+        if self._on_cuda:
+            return _cuda.clip(grads, self.clipvalue, self.clipnorm, self.global_clipnorm)
         grads = [np.array(g, copy=True) for g in grads]
         if self.clipvalue is not None:
             grads = [np.clip(g, -self.clipvalue, self.clipvalue) for g in grads]
@@ -193,7 +206,7 @@ class Optimizer:
         """A deep copy of the state: iterations, slots (Keras order) and extra scalars."""
         return {
             "iterations": self.iterations,
-            "slots": {k: [None if a is None else a.copy() for a in v] for k, v in self.slots.items()},
+            "slots": {k: [None if a is None else copy(a) for a in v] for k, v in self.slots.items()},
             "extra": dict(self._extra_state()),
         }
 
@@ -216,8 +229,8 @@ class Optimizer:
                     raise ValueError(f"slots[{name!r}][{i}] must be {'None' if dst is None else 'an array'}")
                 if dst is None:
                     continue
-                src = np.asarray(src)
-                if src.shape != dst.shape:
+                src = _cuda.to_numpy(src) if _cuda.is_cuda_array(src) else np.asarray(src)
+                if src.shape != tuple(dst.shape):
                     raise ValueError(f"slots[{name!r}][{i}] has shape {src.shape}, expected {dst.shape}")
                 if not np.all(np.isfinite(src)):
                     raise ValueError(f"slots[{name!r}][{i}] holds non-finite values")
@@ -225,8 +238,11 @@ class Optimizer:
         self._check_extra_state(extra)
         for name, arrays in self.slots.items():
             for src, dst in zip(slots[name], arrays):
-                if dst is not None:
-                    np.copyto(dst, np.asarray(src), casting="same_kind")
+                if dst is not None and self._on_cuda:
+                    _cuda.copy_into(dst, src)
+                elif dst is not None:
+                    host = _cuda.to_numpy(src) if _cuda.is_cuda_array(src) else np.asarray(src)
+                    np.copyto(dst, host, casting="same_kind")
         self.iterations = int(iterations)
         self._load_extra_state(extra)
 
@@ -348,7 +364,7 @@ class Adagrad(Optimizer):
     _rule = "adagrad"
 
     def _build(self):
-        self.slots["accumulator"] = [np.full_like(p, self.initial_accumulator_value) for p in self.params]
+        self.slots["accumulator"] = [full_like(p, self.initial_accumulator_value) for p in self.params]
 
     def _hyper(self):
         return {"epsilon": self.epsilon}
@@ -480,9 +496,9 @@ class Nadam(_AdamFamily):
 
     def _apply(self, grads, lr, dry_run):
         u_product = _core.nadam_next_u_product(self.u_product, self.beta_1, self.iterations + 1)
-        _core.apply(self._rule, self.params, grads, [self.slots[s] for s in self._slot_names],
-                    {**self._hyper(), "u_product": u_product}, self.iterations + 1, lr,
-                    self.weight_decay or 0.0, dry_run, **self._regularization())
+        self._engine_apply(self._rule, self.params, grads, [self.slots[s] for s in self._slot_names],
+                           {**self._hyper(), "u_product": u_product}, self.iterations + 1, lr,
+                           self.weight_decay or 0.0, dry_run, **self._regularization())
         if not dry_run:
             self.u_product = u_product
 
@@ -527,8 +543,8 @@ class Ftrl(Optimizer):
         super().__init__(params, learning_rate, **kwargs)
 
     def _build(self):
-        self.slots["accumulator"] = [np.full_like(p, self.initial_accumulator_value) for p in self.params]
-        self.slots["linear"] = [np.zeros_like(p) for p in self.params]
+        self.slots["accumulator"] = [full_like(p, self.initial_accumulator_value) for p in self.params]
+        self.slots["linear"] = [zeros_like(p) for p in self.params]
 
     def _hyper(self):
         return {
@@ -625,13 +641,13 @@ class Adafactor(Optimizer):
     def _build(self):
         def factored(p, which):
             if p.ndim < 2:
-                return np.zeros((), p.dtype)
-            shape = p.shape[:-1] if which == 0 else p.shape[:-2] + p.shape[-1:]
-            return np.zeros(shape, p.dtype)
+                return zeros(p, ())
+            shape = tuple(p.shape[:-1]) if which == 0 else tuple(p.shape[:-2]) + tuple(p.shape[-1:])
+            return zeros(p, shape)
 
         self.slots["r"] = [factored(p, 0) for p in self.params]
         self.slots["c"] = [factored(p, 1) for p in self.params]
-        self.slots["velocity"] = [np.zeros_like(p) for p in self.params]
+        self.slots["velocity"] = [zeros_like(p) for p in self.params]
 
     def _hyper(self):
         return {"beta_2_decay": self.beta_2_decay, "epsilon_1": self.epsilon_1,
@@ -673,8 +689,8 @@ class ScheduleFreeAdamW(_AdamFamily):
             raise ValueError("beta_1 must be > 0 for ScheduleFreeAdamW")
 
     def _build(self):
-        self.slots["momentum"] = [p.copy() for p in self.params]
-        self.slots["velocity"] = [np.zeros_like(p) for p in self.params]
+        self.slots["momentum"] = [copy(p) for p in self.params]
+        self.slots["velocity"] = [zeros_like(p) for p in self.params]
 
     def _hyper(self):
         return {**super()._hyper(), "warmup_steps": self.warmup_steps,
@@ -721,6 +737,9 @@ class Muon(Optimizer):
         super().__init__(params, learning_rate, weight_decay=weight_decay, **kwargs)
 
     def _build(self):
+        if self._on_cuda:
+            raise TypeError("params[0] is a CUDA array, which Muon does not support (its "
+                            "Newton-Schulz step runs in NumPy); use CPU arrays")
         use_adam = self._use_adam_arg
         if use_adam is None:
             use_adam = [p.ndim != 2 for p in self.params]

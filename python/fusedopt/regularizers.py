@@ -42,7 +42,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from fusedopt import _core
+from fusedopt import _cuda
 from fusedopt._arrays import as_array
 
 ArrayOrList = Union[np.ndarray, Sequence[np.ndarray]]
@@ -70,7 +70,8 @@ def _starting_points(w0: Any, single: bool) -> list:
 
 def _outputs(w: list, out: Any, single: bool) -> list:
     if out is None:
-        return [np.empty_like(a) if isinstance(a, np.ndarray) else a for a in w]
+        return [np.empty_like(a) if isinstance(a, np.ndarray)
+                else _cuda.empty_like(a) if _cuda.is_cuda_array(a) else a for a in w]
     outs, out_single = _listed(out, "out")
     if out_single != single:
         raise TypeError("out must be an array when w is one, and a list when w is a list")
@@ -79,7 +80,8 @@ def _outputs(w: list, out: Any, single: bool) -> list:
 
 def l1l2_penalty(w: ArrayOrList, l1: float = 0.0, l2: float = 0.0) -> float:
     """``l1 * sum|w| + l2 * sum w^2`` (summed over a list), as ``keras.regularizers.L1L2``."""
-    return _core.l1l2_penalty(_listed(w, "w")[0], l1, l2)
+    ws = _listed(w, "w")[0]
+    return _cuda.dispatch("l1l2_penalty", [("w", ws)], ws, l1, l2)
 
 
 def l1l2_gradient(w: ArrayOrList, l1: float = 0.0, l2: float = 0.0,
@@ -87,7 +89,7 @@ def l1l2_gradient(w: ArrayOrList, l1: float = 0.0, l2: float = 0.0,
     """``l1 * sign(w) + 2 * l2 * w`` (``sign(0) = 0``), into `out` (new arrays by default)."""
     ws, single = _listed(w, "w")
     outs = _outputs(ws, out, single)
-    _core.l1l2_gradient(ws, outs, l1, l2)
+    _cuda.dispatch("l1l2_gradient", [("w", ws), ("out", outs)], ws, outs, l1, l2)
     return outs[0] if single else outs
 
 
@@ -101,13 +103,14 @@ def proximal_step_(w: ArrayOrList, g: ArrayOrList, learning_rate: float, l1: flo
     gs, g_single = _listed(g, "g")
     if g_single != single:
         raise TypeError("g must be an array when w is one, and a list when w is a list")
-    _core.proximal_step(ws, gs, learning_rate, l1, l2)
+    _cuda.dispatch("proximal_step", [("w", ws), ("g", gs)], ws, gs, learning_rate, l1, l2)
 
 
 def l2sp_penalty(w: ArrayOrList, w0: Any, alpha: float, beta: float = 0.0) -> float:
     """``alpha/2 * ||w - w0||^2``, or ``beta/2 * ||w||^2`` where `w0` (or its entry) is None."""
     ws, single = _listed(w, "w")
-    return _core.l2sp_penalty(ws, _starting_points(w0, single), alpha, beta)
+    w0s = _starting_points(w0, single)
+    return _cuda.dispatch("l2sp_penalty", [("w", ws), ("w0", w0s)], ws, w0s, alpha, beta)
 
 
 def l2sp_gradient(w: ArrayOrList, w0: Any, alpha: float, beta: float = 0.0,
@@ -115,5 +118,7 @@ def l2sp_gradient(w: ArrayOrList, w0: Any, alpha: float, beta: float = 0.0,
     """``alpha * (w - w0)``, or ``beta * w`` where `w0` (or its entry) is None; into `out`."""
     ws, single = _listed(w, "w")
     outs = _outputs(ws, out, single)
-    _core.l2sp_gradient(ws, _starting_points(w0, single), outs, alpha, beta)
+    w0s = _starting_points(w0, single)
+    _cuda.dispatch("l2sp_gradient", [("w", ws), ("w0", w0s), ("out", outs)], ws, w0s, outs,
+                   alpha, beta)
     return outs[0] if single else outs
