@@ -10,7 +10,7 @@ from typing import Any, Iterable
 from fusedopt.bench.rules import IMPLEMENTATIONS, RULES, SIZES
 
 TABLE_COLUMNS = ("rule", "size", "dtype", "thr", "implementation", "median ms", "IQR ms",
-                 "min-max ms", "GB/s", "roofline", "vs keras-fn", "n")
+                 "min-max ms", "GB/s", "roofline", "vs keras-fn", "n", "1st call ms")
 BASELINES = ("keras-function", "keras-xla", "keras-eager", "tf-raw", "torch-fused", "torch-foreach", "numpy")
 CSV_COLUMNS = ("rule", "implementation", "size_case", "dtype", "threads", "elements", "tensors", "repeats",
                "median_s", "min_s", "max_s", "iqr_s", "first_call_s", "gbps", "fraction_of_roofline",
@@ -62,6 +62,7 @@ def table(records: Iterable[dict[str, Any]]) -> str:
             "-" if r.get("gbps") is None else f"{r['gbps']:.1f}",
             "-" if r.get("fraction_of_roofline") is None else f"{100 * r['fraction_of_roofline']:.0f}%",
             _ratio(r.get("speedup_vs_keras")), str(r["repeats"]),
+            "-" if r.get("first_call_s") is None else _ms(r["first_call_s"]),
         ))
     return _format(rows, TABLE_COLUMNS, right_from=5)
 
@@ -102,7 +103,8 @@ def render(doc: dict[str, Any]) -> str:
         f"fusedopt {b['version']} ({b['isa']}, {b['compiler']}) on {m['cpu_model']}, "
         f"{m['cpu_count']} CPUs; {versions}; {m['date']}",
         "Median step time and spread; GB/s counts each rule's minimal bytes (params, grads, slots read; "
-        "params, slots written); 'roofline' is stream_roofline over the same bytes in the same run.",
+        "params, slots written); 'roofline' is stream_roofline over the same bytes in the same run; "
+        "'1st call' includes tracing/compilation.",
         "",
         table(doc["records"]),
         "",
