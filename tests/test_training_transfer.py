@@ -263,6 +263,17 @@ def test_per_layer_learning_rates_with_sgd_and_schedules_match_separate_updates(
                                    err_msg=v.path)
 
 
+def test_innermost_listed_layer_wins_in_any_order():
+    keras.utils.set_random_seed(0)
+    inner = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="only")], name="block")
+    model = ft.transfer_model(inner, keras.layers.Dense(2, name="head"), freeze_base=False)
+    kernel = inner.get_layer("only").kernel
+    for rates in ({"only": 0.0, "block": 0.5}, {"block": 0.5, "only": 0.0}):
+        opt = ft.discriminative_optimizer(model, rates, default_learning_rate=0.1, optimizer=keras.optimizers.SGD)
+        chosen = opt._optimizer_map(kernel)
+        assert float(chosen.learning_rate.numpy()) == 0.0, rates
+
+
 def test_discriminative_optimizer_errors_and_serialization():
     model, base = classifier(freeze_base=False)
     with pytest.raises(ValueError, match=">= 0"):

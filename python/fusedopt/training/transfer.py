@@ -367,8 +367,8 @@ def discriminative_optimizer(
     if not model_vars:
         raise ValueError("the model has no variables: build it first")
 
-    # Variable -> (lr, owner layer size) with the innermost listed layer winning.
-    assigned: dict[int, tuple[Any, int]] = {}
+    # Variable -> (lr, listed layer) with the innermost listed layer winning.
+    assigned: dict[int, tuple[Any, keras.layers.Layer]] = {}
     for ref, lr in items:
         _lr_key(lr)
         for layer in find_layers(model, ref):
@@ -377,8 +377,11 @@ def discriminative_optimizer(
                 raise ValueError(f"layer {layer.name!r} has no variables (is it built?)")
             for v in variables:
                 prev = assigned.get(id(v))
-                if prev is None or len(variables) < prev[1]:
-                    assigned[id(v)] = (lr, len(variables))
+                if prev is None or any(layer is sub for sub in _all_layers(prev[1])):
+                    assigned[id(v)] = (lr, layer)  # first, or nested inside the previous owner
+                elif not any(prev[1] is sub for sub in _all_layers(layer)) and _lr_key(prev[0]) != _lr_key(lr):
+                    raise ValueError(f"variable {v.path!r} is shared by layers {prev[1].name!r} and "
+                                     f"{layer.name!r}, which are listed with different learning rates")
     groups: dict[Any, tuple[Any, list[Any]]] = {}
     for v in model_vars:
         if id(v) in assigned:
