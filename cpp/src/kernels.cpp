@@ -42,9 +42,9 @@ template <class F> void with_flag(bool flag, F&& f) {
 
 // In one pass over memory: the coupled L1/L2 gradient from p, then decay
 // (p <- p - p * wd * lr, before the update as Keras applies it), then the
-// rule, then the proximal L1 step. Without decay and regularization the loop
-// is the rule alone.
-template <class Rule, class T, bool kDecay, bool kRegularize>
+// rule, then the proximal L1 step. Each is compiled in only when in use (a
+// runtime branch in the loop would stop it from vectorizing).
+template <class Rule, class T, bool kDecay, bool kCoupled, bool kProximal>
 void elementwise_range(const typename Rule::template Scalars<opmath_t<T>>& c, opmath_t<T> decay,
                        const RegScalars<opmath_t<T>>& reg, const TensorRef& t, int64_t begin,
                        int64_t end) {
@@ -60,16 +60,14 @@ void elementwise_range(const typename Rule::template Scalars<opmath_t<T>>& c, op
   for (int64_t i = 0; i < n; ++i) {
     Op pv = Op(p[i]);
     Op gv = Op(g[i]);
-    if constexpr (kRegularize)
-      if (reg.coupled) gv = gv + regularizers::l1l2_gradient(pv, reg.l1, reg.two_l2);
+    if constexpr (kCoupled) gv = gv + regularizers::l1l2_gradient(pv, reg.l1, reg.two_l2);
     Op st[kMaxStates];
     if constexpr (N > 0) st[0] = Op(s0[i]);
     if constexpr (N > 1) st[1] = Op(s1[i]);
     if constexpr (N > 2) st[2] = Op(s2[i]);
     if constexpr (kDecay) pv = pv - pv * decay;
     Rule::update(c, pv, gv, st);
-    if constexpr (kRegularize)
-      if (reg.proximal) pv = regularizers::soft_threshold(pv, reg.threshold);
+    if constexpr (kProximal) pv = regularizers::soft_threshold(pv, reg.threshold);
     p[i] = T(pv);
     if constexpr (N > 0) s0[i] = T(st[0]);
     if constexpr (N > 1) s1[i] = T(st[1]);
@@ -85,12 +83,13 @@ void run_elementwise(const Batch& batch, const Update& u) {
   const auto reg = reg_scalars<Op>(u);
   const auto chunks = make_chunks(batch);
   with_flag(u.decay != 0.0, [&](auto kDecay) {
-    with_flag(reg.coupled || reg.proximal, [&](auto kRegularize) {
-      for_each_chunk(chunks, [&](size_t i) {
-        const Chunk& ch = chunks[i];
-        elementwise_range<Rule, T, kDecay, kRegularize>(c, decay, reg,
-                                                        batch.tensors[size_t(ch.tensor)],
-                                                        ch.begin, ch.end);
+    with_flag(reg.coupled, [&](auto kCoupled) {
+      with_flag(reg.proximal, [&](auto kProximal) {
+        for_each_chunk(chunks, [&](size_t i) {
+          const Chunk& ch = chunks[i];
+          elementwise_range<Rule, T, kDecay, kCoupled, kProximal>(
+              c, decay, reg, batch.tensors[size_t(ch.tensor)], ch.begin, ch.end);
+        });
       });
     });
   });
