@@ -22,6 +22,8 @@
 // (numpy.packbits(..., bitorder="little")).
 #pragma once
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 
 #include "philox.h"
 
@@ -43,61 +45,111 @@ inline Stream stream_from_seed(uint64_t s0, uint64_t s1) {
   return Stream{{mix[0], mix[1]}, {0u, 0u, mix[2], mix[3]}};
 }
 
+// Bit i of x moves to bit 2i (16 -> 32 bits: 4i); the rest are 0.
+FUSEDOPT_HOST_DEVICE uint64_t spread_bits2(uint64_t x) {
+  x = (x | (x << 16)) & 0x0000FFFF0000FFFFull;
+  x = (x | (x << 8)) & 0x00FF00FF00FF00FFull;
+  x = (x | (x << 4)) & 0x0F0F0F0F0F0F0F0Full;
+  x = (x | (x << 2)) & 0x3333333333333333ull;
+  return (x | (x << 1)) & 0x5555555555555555ull;
+}
+FUSEDOPT_HOST_DEVICE uint64_t spread_bits4(uint64_t x) {
+  x = (x | (x << 24)) & 0x000000FF000000FFull;
+  x = (x | (x << 12)) & 0x000F000F000F000Full;
+  x = (x | (x << 6)) & 0x0303030303030303ull;
+  return (x | (x << 3)) & 0x1111111111111111ull;
+}
+
 // TF's uniform [0, 1) numbers of type T, as thresholds on their mantissa bits.
+// `keep` decides number i of one block's 4 words; `interleave` turns masks[i]
+// (bit b: number i of block b kept) into keep bits in number order.
 template <class T> struct Uniform;
 
 template <> struct Uniform<float> {
-  static constexpr int kPerBlock = 4;  // numbers per Philox block
+  static constexpr int kPerBlock = 4;  // numbers per Philox block: one per word
+  static constexpr uint32_t kMantissa = 0x7FFFFFu;
   using Threshold = uint32_t;
-  // u >= float(rate)  <=>  mantissa >= ceil(float(rate) * 2^23), exactly.
+  // u >= float(rate)  <=>  (w & kMantissa) >= ceil(float(rate) * 2^23), exactly.
   static Threshold threshold(double rate) {
     return Threshold(std::ceil(double(float(rate)) * 8388608.0));
   }
-  FUSEDOPT_HOST_DEVICE static bool keep(const uint32_t* block_words, int i, Threshold t) {
-    return (block_words[i] & 0x7FFFFFu) >= t;
+  FUSEDOPT_HOST_DEVICE static bool keep(const uint32_t words[4], int i, Threshold t) {
+    return (words[i] & kMantissa) >= t;
+  }
+  FUSEDOPT_HOST_DEVICE static uint64_t interleave(const uint32_t masks[4]) {
+    return spread_bits4(masks[0]) | spread_bits4(masks[1]) << 1 | spread_bits4(masks[2]) << 2 |
+           spread_bits4(masks[3]) << 3;
   }
 };
 
 template <> struct Uniform<double> {
-  static constexpr int kPerBlock = 2;
+  static constexpr int kPerBlock = 2;  // numbers per block: words (2i, 2i + 1)
+  static constexpr uint32_t kHighMantissa = 0xFFFFFu;
   using Threshold = uint64_t;
+  // u = ((w0 & kHighMantissa) << 32 | w1) * 2^-52 >= rate  <=>  that >= ceil(rate * 2^52).
   static Threshold threshold(double rate) { return Threshold(std::ceil(rate * 4503599627370496.0)); }
-  FUSEDOPT_HOST_DEVICE static bool keep(const uint32_t* block_words, int i, Threshold t) {
-    const uint64_t mantissa = uint64_t(block_words[2 * i] & 0xFFFFFu) << 32 | block_words[2 * i + 1];
-    return mantissa >= t;
+  FUSEDOPT_HOST_DEVICE static bool keep(const uint32_t words[4], int i, Threshold t) {
+    return (uint64_t(words[2 * i] & kHighMantissa) << 32 | words[2 * i + 1]) >= t;
+  }
+  FUSEDOPT_HOST_DEVICE static uint64_t interleave(const uint32_t masks[2]) {
+    return spread_bits2(masks[0]) | spread_bits2(masks[1]) << 1;
   }
 };
 
 template <class T> T scale(double rate) { return T(1.0 / (1.0 - rate)); }
 
-// Keep bits of the 64 elements [64 * group, 64 * group + 64) of the stream;
-// bit e is element 64 * group + e.
+// Counters of the kBlocks blocks from block `first` of the stream: c[w][b] is
+// word w of (stream counter + first + b), a 128-bit add.
+template <int kBlocks>
+FUSEDOPT_HOST_DEVICE void block_counters(const Stream& s, uint64_t first, uint32_t (&c)[4][kBlocks]) {
+  uint32_t start[4];
+  philox::add(s.counter, first, start);
+  const uint64_t lo = uint64_t(start[1]) << 32 | start[0];
+  const uint64_t hi = uint64_t(start[3]) << 32 | start[2];
+  for (int b = 0; b < kBlocks; ++b) {
+    const uint64_t lo_b = lo + uint64_t(b);
+    const uint64_t hi_b = hi + (lo_b < lo ? 1 : 0);
+    c[0][b] = uint32_t(lo_b);
+    c[1][b] = uint32_t(lo_b >> 32);
+    c[2][b] = uint32_t(hi_b);
+    c[3][b] = uint32_t(hi_b >> 32);
+  }
+}
+
+// Keep bits of the 64 numbers [64 * group, 64 * group + 64) of the stream;
+// bit e is number 64 * group + e.
 template <class T>
 FUSEDOPT_HOST_DEVICE uint64_t keep_bits64(const Stream& s, uint64_t group,
                                           typename Uniform<T>::Threshold t) {
-  constexpr int kPerBlock = Uniform<T>::kPerBlock;
-  constexpr int kBlocks = 64 / kPerBlock;
-  uint32_t first[4];
-  philox::add(s.counter, group * kBlocks, first);
-  uint32_t words[4 * kBlocks];
+  using U = Uniform<T>;
+  constexpr int kBlocks = 64 / U::kPerBlock;
+  uint32_t c[4][kBlocks];
+  block_counters(s, group * kBlocks, c);
+  uint32_t masks[U::kPerBlock] = {};
   for (int b = 0; b < kBlocks; ++b) {
-    uint32_t counter[4];
-    philox::add(first, uint64_t(b), counter);
-    philox::block(counter, s.key, words + 4 * b);
+    uint32_t words[4] = {c[0][b], c[1][b], c[2][b], c[3][b]};
+    philox::rounds(words[0], words[1], words[2], words[3], s.key[0], s.key[1]);
+    for (int i = 0; i < U::kPerBlock; ++i) masks[i] |= uint32_t(U::keep(words, i, t)) << b;
   }
-  uint64_t bits = 0;
-  for (int e = 0; e < 64; ++e)
-    bits |= uint64_t(Uniform<T>::keep(words + 4 * (e / kPerBlock), e % kPerBlock, t)) << e;
-  return bits;
+  return U::interleave(masks);
 }
 
 FUSEDOPT_HOST_DEVICE bool mask_bit(const uint8_t* mask, int64_t j) {
   return (mask[j >> 3] >> (j & 7)) & 1;
 }
 
+// keep ? x * scale : +0, as TF's where(keep, x * scale, 0). Written as a bit
+// mask on the product (the same value, NaN and inf included) so that loops
+// vectorize without branches.
 template <class T>
 FUSEDOPT_HOST_DEVICE T apply(T x, bool keep, T scale) {
-  return keep ? x * scale : T(0);
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  T y = x * scale;
+  Bits b;
+  std::memcpy(&b, &y, sizeof b);
+  b &= Bits(0) - Bits(keep);
+  std::memcpy(&y, &b, sizeof b);
+  return y;
 }
 
 }  // namespace fusedopt::dropout

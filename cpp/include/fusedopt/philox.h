@@ -16,16 +16,26 @@ namespace fusedopt::philox {
 constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;  // round multipliers
 constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;  // key increments (Weyl sequence)
 
+// hi:lo = a * m, the round's 32 x 32 -> 64-bit product.
+FUSEDOPT_HOST_DEVICE void mulhilo(uint32_t a, uint32_t m, uint32_t& hi, uint32_t& lo) {
+  const uint64_t p = uint64_t(a) * m;
+  hi = uint32_t(p >> 32);
+  lo = uint32_t(p);
+}
+
 // The 10 rounds, in place on one counter block (c0..c3 become the outputs).
-FUSEDOPT_HOST_DEVICE void rounds(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3,
-                                 uint32_t k0, uint32_t k1) {
+// V is uint32_t, or a SIMD vector of uint32 lanes (one block per lane) with
+// ^, construction from uint32_t and its own mulhilo.
+template <class V>
+FUSEDOPT_HOST_DEVICE void rounds(V& c0, V& c1, V& c2, V& c3, uint32_t k0, uint32_t k1) {
   for (int r = 0; r < 10; ++r) {
-    const uint64_t p0 = uint64_t(kM0) * c0;
-    const uint64_t p1 = uint64_t(kM1) * c2;
-    const uint32_t n0 = uint32_t(p1 >> 32) ^ c1 ^ k0;
-    const uint32_t n2 = uint32_t(p0 >> 32) ^ c3 ^ k1;
-    c1 = uint32_t(p1);
-    c3 = uint32_t(p0);
+    V hi0, lo0, hi1, lo1;
+    mulhilo(c0, kM0, hi0, lo0);
+    mulhilo(c2, kM1, hi1, lo1);
+    const V n0 = hi1 ^ c1 ^ V(k0);
+    const V n2 = hi0 ^ c3 ^ V(k1);
+    c1 = lo1;
+    c3 = lo0;
     c0 = n0;
     c2 = n2;
     k0 += kW0;
