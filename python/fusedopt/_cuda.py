@@ -5,9 +5,11 @@ A CUDA array is any object that reports ``__dlpack_device__() == (2, id)``
 (kDLCUDA; 13, managed memory, too) or has ``__cuda_array_interface__``:
 PyTorch CUDA tensors, CuPy arrays, Numba device arrays. They are updated in
 place, with no copies, on the producer's current stream (PyTorch's or CuPy's
-current stream; else the legacy default stream). Parameters that require a
-gradient must be passed detached (``p.detach()`` or ``p.data``), as DLPack
-and ``__cuda_array_interface__`` refuse to export them.
+current stream; else the legacy default stream). PyTorch tensors are read
+through their attributes (``data_ptr()``, ``shape``, ``dtype``, ...), so
+parameters that require a gradient can be passed as they are (as
+``torch.optim`` updates them); other arrays through DLPack or
+``__cuda_array_interface__``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def is_cuda_array(x: Any) -> bool:
     """True for arrays in CUDA device (or managed) memory."""
     if isinstance(x, np.ndarray):
         return False
+    if _module_of(x) == "torch":  # cheaper than PyTorch's __dlpack_device__
+        return bool(getattr(x, "is_cuda", False))
     dev = _dlpack_device(x)
     if dev is not None:
         return dev[0] in (KDL_CUDA, KDL_CUDA_MANAGED)
@@ -156,9 +160,13 @@ def engine_apply(rule: str, params: Sequence[Any], grads: Sequence[Any], states:
                   for k, s in enumerate(states)]
     first = params[0] if isinstance(params, (list, tuple)) and params else None
     if first is not None and is_cuda_array(first):
-        placement(lists)
-        apply(rule, params, grads, states, hyper, step, learning_rate, weight_decay, dry_run,
-              l1, l2, proximal_l1)
+        require_cuda("params[0]")
+        try:
+            apply(rule, params, grads, states, hyper, step, learning_rate, weight_decay,
+                  dry_run, l1, l2, proximal_l1)
+        except TypeError:
+            placement(lists)  # the clearer error when a CPU array is the cause
+            raise
         return
     try:
         _core.apply(rule, params, grads, states, hyper, step, learning_rate, weight_decay,
