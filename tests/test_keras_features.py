@@ -206,7 +206,11 @@ def test_loss_scale_optimizer_mixed_precision(policy, name, restore_policy):
 
 
 def test_loss_scale_optimizer_skips_non_finite_step(restore_policy):
-    """An inf gradient: the step is skipped and the scale halves, as with the built-in."""
+    """An inf gradient: the step is skipped and the scale halves, as with the built-in.
+
+    Six steps of float16 compute: compared at 16-bit tolerance (MIXED_TOLERANCE).
+    It was compared at float32 tolerance and passed by luck until a one-ulp
+    float32 weight difference flipped a float16 rounding in step 6."""
     keras.config.set_dtype_policy("mixed_float16")
     x, y = data()
     y = y.copy()
@@ -220,7 +224,7 @@ def test_loss_scale_optimizer_skips_non_finite_step(restore_policy):
     assert float(lso_b.dynamic_scale.numpy()) < 2.0**15
     assert float(lso_a.dynamic_scale.numpy()) == float(lso_b.dynamic_scale.numpy())
     assert int(lso_a.inner_optimizer.iterations.numpy()) == int(lso_b.inner_optimizer.iterations.numpy())
-    assert_same_training(model_a, lso_a, model_b, lso_b)
+    assert_same_training(model_a, lso_a, model_b, lso_b, *MIXED_TOLERANCE["mixed_float16"])
 
 
 @pytest.mark.parametrize("dtype,name,kwargs", [
