@@ -53,6 +53,7 @@ def test_l2sp_gradient_pulls_toward_w0():
     base, model, w0 = pretrained_and_model()
     info = ft.attach_l2sp(model, base, alpha=ALPHA, beta=BETA)
     assert list(info.pretrained) == PRETRAINED and list(info.new) == NEW  # BN moving stats excluded
+    assert info.implementation == "fusedopt.keras.regularizers.L2SP"  # the C++ kernels
     move(model)
     value, grads = penalty_gradients(model)
     want = 0.0

@@ -65,6 +65,15 @@ class FusedUpdateOp : public OpKernel {
     OP_REQUIRES(ctx, step >= 1, errors::InvalidArgument("step must be >= 1, got ", step));
     OP_REQUIRES(ctx, std::isfinite(decay) && decay >= 0.0,
                 errors::InvalidArgument("decay must be finite and >= 0, got ", decay));
+    const Tensor& reg_t = ctx->input(hyper_input + 4);
+    OP_REQUIRES(ctx, reg_t.dims() == 1 && reg_t.NumElements() == 3,
+                errors::InvalidArgument("regularization must be [l1, l2, proximal_l1], got shape ",
+                                        reg_t.shape().DebugString()));
+    const double* reg = reg_t.flat<double>().data();
+    static const char* const kRegNames[3] = {"l1", "l2", "proximal_l1"};
+    for (int k = 0; k < 3; ++k)
+      OP_REQUIRES(ctx, std::isfinite(reg[k]) && reg[k] >= 0.0,
+                  errors::InvalidArgument(kRegNames[k], " must be finite and >= 0, got ", reg[k]));
 
     // Look up every variable; the same variable twice would alias outputs.
     std::vector<core::RefCountPtr<Var>> vars(num_vars);
@@ -135,8 +144,8 @@ class FusedUpdateOp : public OpKernel {
         t.batch = (t.rows * t.cols) == 0 ? 0 : t.size / (t.rows * t.cols);
       }
     }
-    fusedopt_apply(rule_, std::is_same<T, double>::value ? FUSEDOPT_FLOAT64 : FUSEDOPT_FLOAT32,
-                   tensors.data(), n, hyper.data(), step, lr, decay);
+    fusedopt_apply_regularized(rule_, std::is_same<T, double>::value ? FUSEDOPT_FLOAT64 : FUSEDOPT_FLOAT32,
+                               tensors.data(), n, hyper.data(), step, lr, decay, reg[0], reg[1], reg[2]);
   }
 
  private:

@@ -13,6 +13,7 @@ namespace tensorflow {
 // grads:   num_tensors dense gradients
 // hyper:   the rule's hyperparameters (float64, the engine's order)
 // learning_rate, step (1-based), decay (decoupled weight decay factor wd * lr)
+// regularization: [l1, l2, proximal_l1], fused into the same pass (0 = off)
 #define FUSEDOPT_REGISTER_OP(op_name, rule)                       \
   REGISTER_OP(op_name)                                            \
       .Input("params: num_tensors * resource")                    \
@@ -22,6 +23,7 @@ namespace tensorflow {
       .Input("learning_rate: double")                             \
       .Input("step: int64")                                       \
       .Input("decay: double")                                     \
+      .Input("regularization: double")                            \
       .Attr("T: {float, double}")                                 \
       .Attr("num_tensors: int >= 0")                              \
       .Attr("num_states: int >= 0")                               \

@@ -35,6 +35,37 @@ const char* fusedopt_rule_validate(int rule, const double* hyper);
  * decay p -= p * decay is applied first. */
 void fusedopt_apply(int rule, int dtype, const fusedopt_tensor* tensors, int64_t n,
                     const double* hyper, int64_t step, double learning_rate, double decay);
+/* fusedopt_apply with regularization fused into the same pass (all >= 0,
+ * 0 = off; fusedopt/regularizers.h): the coupled gradient
+ * g += l1 * sign(p) + 2 * l2 * p from p before the decay, and after the rule
+ * the proximal step p = soft_threshold(p, learning_rate * proximal_l1). */
+void fusedopt_apply_regularized(int rule, int dtype, const fusedopt_tensor* tensors, int64_t n,
+                                const double* hyper, int64_t step, double learning_rate,
+                                double decay, double l1, double l2, double proximal_l1);
+
+/* Regularizers over one tensor of `size` elements (fusedopt/regularizers.h),
+ * multi-threaded, the same result for every thread count. `w0` may be NULL
+ * (zeros). */
+/* sum |w - w0| and sum (w - w0)^2, accumulated in double. */
+void fusedopt_regularizer_sums(int dtype, const void* w, const void* w0, int64_t size,
+                               double* sum_abs, double* sum_squares);
+/* out = l1 * sign(w) + 2 * l2 * w (Keras's L1L2 gradient). */
+void fusedopt_l1l2_gradient(int dtype, const void* w, void* out, int64_t size, double l1,
+                            double l2);
+/* out = alpha * (w - w0) (the L2-SP gradient; w0 NULL: alpha * w). */
+void fusedopt_l2sp_gradient(int dtype, const void* w, const void* w0, void* out, int64_t size,
+                            double alpha);
+
+/* Dropout (fusedopt/dropout.h): out = keep ? in * 1/(1 - rate) : 0 over a
+ * tensor of shape x_shape[rank], the keep bits over noise_shape[rank] (each
+ * entry 1 or x's) broadcast over it. The bits come from the Philox stream of
+ * the TF stateless seed pair (seed0, seed1) when mask_in is NULL, else from
+ * the packed mask_in; mask_out (may be NULL) receives them, ceil(noise
+ * elements / 8) bytes, element j at bit j % 8 of byte j / 8. NULL when done,
+ * else a message (a bad rate or noise shape). */
+const char* fusedopt_dropout(int dtype, const void* in, void* out, const int64_t* x_shape,
+                             const int64_t* noise_shape, int rank, double rate, uint64_t seed0,
+                             uint64_t seed1, const uint8_t* mask_in, uint8_t* mask_out);
 
 #ifdef __cplusplus
 }

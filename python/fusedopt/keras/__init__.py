@@ -8,14 +8,19 @@ Change one import::
 On the TensorFlow backend each step runs one fused in-graph op over all
 variables (built at first use against the installed TensorFlow; prebuild it
 with ``fusedopt build-ops``). Elsewhere, and under XLA, the optimizers run
-Keras's own update, with the same numbers.
+Keras's own update, with the same numbers. Every optimizer also takes fused
+``l1=``, ``l2=`` and ``proximal_l1=`` regularization.
+
+``fusedopt.keras.regularizers`` (``L1``, ``L2``, ``L1L2``, ``L2SP``) and
+``fusedopt.keras.layers.Dropout`` are drop-ins whose penalty gradients and
+dropout masks are fused C++ kernels too.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fusedopt.keras import _op_library
+from fusedopt.keras import _op_library, layers, regularizers
 from fusedopt.keras.optimizers import (
     SGD,
     Adadelta,
@@ -51,4 +56,5 @@ def op_library_status() -> dict[str, Any]:
 __all__ = [
     "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "AdamW", "Adamax", "Nadam", "Ftrl",
     "Lion", "Lamb", "Adafactor", "ScheduleFreeAdamW", "Muon", "build_ops", "op_library_status",
+    "layers", "regularizers",
 ]

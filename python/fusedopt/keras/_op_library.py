@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
-_SOURCES = ("fused_update_ops.cc", "fused_update_kernels.cc")
+_SOURCES = ("fused_update_ops.cc", "fused_update_kernels.cc", "regularizer_dropout_ops.cc",
+            "regularizer_dropout_kernels.cc")
 _HEADERS = ("fused_update_ops.h",)
 _LIB_NAME = "fusedopt_tf_ops.so"
 
@@ -91,7 +92,8 @@ def cache_key() -> str:
         h.update(b"\0")
     for name in _SOURCES + _HEADERS:
         h.update((_source_dir() / name).read_bytes())
-    h.update((_PACKAGE_DIR / "include" / "fusedopt" / "c_api.h").read_bytes())
+    for header in sorted((_PACKAGE_DIR / "include" / "fusedopt").rglob("*.h")):  # c_api.h, the math
+        h.update(header.read_bytes())
     return h.hexdigest()[:24]
 
 
@@ -155,8 +157,50 @@ def load() -> Any:
         except Exception as err:  # noqa: BLE001 - any failure means "fall back"
             _state["error"] = f"{type(err).__name__}: {err}"
             raise OpLibraryError(_state["error"]) from err
+        _register_gradients(module)
         _state["module"], _state["path"] = module, path
         return module
+
+
+def _register_gradients(module: Any) -> None:
+    """The gradients of the regularizer and dropout ops, each another fused op."""
+    import tensorflow as tf
+
+    @tf.RegisterGradient("FusedoptElasticPenalty")
+    def _elastic(op, dz):
+        x, l1, l2 = op.inputs
+        return [dz * module.fusedopt_elastic_gradient(x=x, l1=l1, l2=l2), None, None]
+
+    @tf.RegisterGradient("FusedoptSpPenalty")
+    def _sp(op, dz):
+        x, reference, alpha = op.inputs
+        dx = dz * module.fusedopt_sp_gradient(x=x, reference=reference, alpha=alpha)
+        return [dx, -dx, None]
+
+    @tf.RegisterGradient("FusedoptDropout")
+    def _dropout(op, dy, _dmask):
+        _, rate, _, noise_shape = op.inputs
+        dx = module.fusedopt_dropout_grad(dy=dy, mask=op.outputs[1], rate=rate, noise_shape=noise_shape)
+        return [dx, None, None, None]
+
+    for name in ("FusedoptElasticGradient", "FusedoptSpGradient", "FusedoptDropoutGrad"):
+        tf.no_gradient(name)  # used only as gradients; second derivatives are not provided
+
+
+def usable() -> bool:
+    """The fused ops can run here: the TensorFlow backend, outside an XLA
+    context (a custom op has no XLA kernel), and the library loads (else one
+    warning, see `available`)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        return False
+    return available()
 
 
 def available() -> bool:

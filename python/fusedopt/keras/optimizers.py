@@ -33,13 +33,6 @@ __all__ = [
 _FUSED_DTYPES = ("float32", "float64")
 
 
-def _in_xla_context() -> bool:
-    import tensorflow as tf
-    from tensorflow.python.ops import control_flow_util
-
-    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
-
-
 def _float64(value: Any) -> Any:
     """`value` as a float64 tensor; a Python number exactly.
 
@@ -97,12 +90,39 @@ def _with_backend_specialization(cls: type) -> type:
     return result
 
 
+_REGULARIZATION_ARGS = ("l1", "l2", "proximal_l1")
+
+
+def _regularization_strength(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not (np.isfinite(value) and value >= 0.0):
+        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+    return value
+
+
 class _Fused:
     """Mixin over a Keras optimizer: the fused TensorFlow update step.
 
     Subclasses say which engine rule runs (`_fused_rule`), with which
     hyperparameters (`_fused_hyper`, in the engine's order) and which slot
     variables of a variable it updates (`_fused_slots`, Keras's order).
+
+    Every optimizer also takes fusedopt's fused regularization (all 0, off,
+    by default; applied to every variable the optimizer updates):
+
+    - ``l1``, ``l2``: coupled, Keras's ``L1L2`` gradient
+      ``g += l1*sign(p) + 2*l2*p``, from ``p`` before the weight decay (after
+      clipping and the all-reduce). The same as a ``kernel_regularizer`` of
+      ``keras.regularizers.L1L2(l1, l2)`` on every variable, except that it is
+      not clipped with the loss gradient; sparse gradients become dense.
+    - ``proximal_l1``: after the rule, the soft threshold
+      ``p = sign(p) * max(|p| - lr*proximal_l1, 0)`` (FOBOS: Duchi & Singer,
+      JMLR 2009), which gives exact zeros.
+
+    The fused op does them in its one pass over memory; Keras's own update
+    (the fallback) does the same arithmetic around it.
     """
 
     _fuse_weight_decay = True  # Muon decays with its own per-variable rule
@@ -111,6 +131,22 @@ class _Fused:
         # Off TensorFlow, be exactly the built-in: on torch, keras.optimizers.X()
         # builds a torch-specific subclass (multi-tensor torch._foreach update).
         return super().__new__(_with_backend_specialization(cls))
+
+    def __init__(self, *args, l1: float = 0.0, l2: float = 0.0, proximal_l1: float = 0.0, **kwargs):
+        strengths = {name: _regularization_strength(value, name)
+                     for name, value in zip(_REGULARIZATION_ARGS, (l1, l2, proximal_l1))}
+        super().__init__(*args, **kwargs)
+        self.l1, self.l2, self.proximal_l1 = (strengths[n] for n in _REGULARIZATION_ARGS)
+
+    def get_config(self):
+        config = super().get_config()
+        # Only when set, so that a default config is the built-in's.
+        config.update({n: getattr(self, n) for n in _REGULARIZATION_ARGS if getattr(self, n)})
+        return config
+
+    @property
+    def _coupled_regularization(self) -> bool:
+        return bool(self.l1 or self.l2)
 
     # -- per-optimizer description -------------------------------------------
     def _fused_rule(self) -> str:
@@ -130,8 +166,7 @@ class _Fused:
 
     # -- when the fused op runs ------------------------------------------------
     def _fused_possible(self) -> bool:
-        return (keras.backend.backend() == "tensorflow" and not _in_xla_context()
-                and _op_library.available())
+        return _op_library.usable()
 
     def _fusable(self, grad: Any, variable: Any) -> bool:
         import tensorflow as tf
@@ -143,8 +178,10 @@ class _Fused:
 
     def _apply_weight_decay(self, variables):
         # Keras calls this right before _backend_update_step; when the fused
-        # op will run, decay is deferred to it (one pass over memory).
-        if self.weight_decay is not None and self._fuse_weight_decay and self._fused_possible():
+        # op will run, decay is deferred to it (one pass over memory), and with
+        # coupled regularization always (its gradient reads p before decay).
+        if (self.weight_decay is not None and self._fuse_weight_decay
+                and (self._coupled_regularization or self._fused_possible())):
             self._fused_decay_deferred = True
             return
         super()._apply_weight_decay(variables)
@@ -157,17 +194,49 @@ class _Fused:
         decay_deferred = getattr(self, "_fused_decay_deferred", False)
         self._fused_decay_deferred = False
         if not self._fused_possible():
-            return keras_update_step(grads, variables, learning_rate)
+            return self._keras_update(grads, variables, learning_rate, keras_update_step,
+                                      decay_deferred)
         pairs = list(zip(grads, variables))
         fused = [(g, v) for g, v in pairs if self._fusable(g, v)]
         rest = [(g, v) for g, v in pairs if not self._fusable(g, v)]
         if rest:
-            rest_vars = [v for _, v in rest]
-            if decay_deferred:
-                super()._apply_weight_decay(rest_vars)
-            keras_update_step([g for g, _ in rest], rest_vars, learning_rate)
+            self._keras_update([g for g, _ in rest], [v for _, v in rest], learning_rate,
+                               keras_update_step, decay_deferred)
         if fused:
             self._fused_tf_update(fused, learning_rate, decay_deferred)
+
+    def _keras_update(self, grads, variables, learning_rate, keras_update_step, decay_deferred):
+        """Keras's own update of `variables`, with the fused op's extras around
+        it in the op's order: coupled gradient, decay, rule, proximal step."""
+        if self._coupled_regularization:
+            grads = self._add_coupled_gradient(grads, variables)
+        if decay_deferred:
+            super()._apply_weight_decay(variables)
+        keras_update_step(grads, variables, learning_rate)
+        if self.proximal_l1:
+            for v in variables:
+                lr = self._fused_learning_rate(learning_rate) if self._fused_variable_ok(v) else learning_rate
+                t = keras.ops.cast(keras.ops.cast(lr, "float64") * self.proximal_l1, v.dtype)
+                v.assign(v - keras.ops.clip(v, -t, t))  # soft threshold, as regularizers.h
+
+    def _add_coupled_gradient(self, grads, variables):
+        # Keras's TF update all-reduces (sums) the per-replica gradients after
+        # this: each replica adds its share, so that the sum holds it once.
+        replicas = 1
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            if not tf.distribute.in_cross_replica_context():
+                replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        out = []
+        for g, v in zip(grads, variables):
+            if g is not None:
+                dtype = v.dtype
+                reg = (keras.ops.cast(self.l1, dtype) * keras.ops.sign(v)
+                       + keras.ops.cast(2.0 * self.l2, dtype) * v)
+                g = keras.ops.convert_to_tensor(g) + (reg if replicas == 1 else reg / replicas)
+            out.append(g)
+        return out
 
     def _fused_tf_update(self, grads_and_keras_vars, learning_rate, decay):
         import tensorflow as tf
@@ -201,6 +270,7 @@ class _Fused:
         hyper = (tf.stack([_float64(h) for h in hyper]) if hyper
                  else tf.zeros([0], tf.float64))
         op = _op_function(self._fused_rule())
+        regularization = tf.constant([self.l1, self.l2, self.proximal_l1], tf.float64)
         # One op per (dtype, decays?) group: usually exactly one.
         groups: dict = {}
         for g, v in zip(grads, keras_vars):
@@ -217,7 +287,8 @@ class _Fused:
             states = [_tf_variable(s[k]).handle for k in range(len(slots[0])) for s in slots]
             ops.append(op(params=params, states=states,
                           grads=[tf.cast(g, dtype) for g, _ in members],
-                          hyper=hyper, learning_rate=lr, step=step, decay=wd))
+                          hyper=hyper, learning_rate=lr, step=step, decay=wd,
+                          regularization=regularization))
         return tf.group(*ops)
 
 

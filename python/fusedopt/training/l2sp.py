@@ -22,16 +22,14 @@ so frozen variables cost nothing and the penalty follows
 :func:`fusedopt.training.freeze` / ``unfreeze``. ``w0`` is a snapshot taken
 at attach time.
 
-Implementation switch: the penalty comes from :func:`_l2sp_regularizer`,
-which uses ``fusedopt.keras.regularizers.L2SP`` (the fused TF op) once that
-exists and until then a keras.ops implementation of the same formula
-(:class:`_OpsL2SP`, marked FALLBACK below).
+Each variable's penalty is a ``fusedopt.keras.regularizers.L2SP``: on the
+TensorFlow backend one fused op for the penalty and one for its gradient
+(C++ kernels), elsewhere the same formula in ``keras.ops``.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -39,6 +37,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from fusedopt.keras.regularizers import L2SP
 from fusedopt.training.transfer import _all_layers
 
 __all__ = ["attach_l2sp", "detach_l2sp", "L2SPAttachment"]
@@ -53,49 +52,6 @@ class L2SPAttachment:
     alpha: float
     beta: float
     implementation: str
-
-
-# ---------------------------------------------------------------------------
-# FALLBACK keras.ops implementation of L2-SP, used until
-# fusedopt.keras.regularizers.L2SP (backed by the fused TF op) exists.
-# _l2sp_regularizer below is the only place that chooses between them.
-# ---------------------------------------------------------------------------
-class _OpsL2SP(keras.regularizers.Regularizer):
-    """FALLBACK: ``coefficient/2 * sum((w - reference)^2)`` in keras.ops (reference None: 0)."""
-
-    def __init__(self, reference: np.ndarray | None, coefficient: float) -> None:
-        self.coefficient = float(coefficient)
-        # A non-trainable variable, not a constant: a train function captures it by
-        # handle instead of embedding a copy of the weights in the graph.
-        self.reference = None if reference is None else keras.Variable(
-            reference, trainable=False, name="l2sp_reference")
-
-    def __call__(self, x: Any) -> Any:
-        d = x if self.reference is None else x - ops.cast(self.reference, x.dtype)
-        return ops.multiply(ops.cast(0.5 * self.coefficient, x.dtype), ops.sum(ops.square(d)))
-
-    def get_config(self) -> dict[str, Any]:
-        return {"coefficient": self.coefficient}
-
-
-def _l2sp_regularizer(reference: np.ndarray | None, coefficient: float) -> Callable[[Any], Any]:
-    """The L2-SP regularizer of one variable: ``coefficient/2 * ||w - reference||^2``.
-
-    ``reference=None`` is the new-variable term ``coefficient/2 * ||w||^2``.
-    The single switch point between ``fusedopt.keras.regularizers.L2SP``
-    (assumed call: ``L2SP(reference=..., alpha=...)``) and the FALLBACK above.
-    """
-    try:
-        from fusedopt.keras.regularizers import L2SP  # added by the regularizers change
-    except ImportError:
-        L2SP = None
-    if L2SP is not None:
-        try:
-            return L2SP(reference=reference, alpha=coefficient)
-        except (TypeError, ValueError) as e:
-            warnings.warn(f"fusedopt.keras.regularizers.L2SP(reference=..., alpha=...) failed ({e}); "
-                          "attach_l2sp uses its keras.ops implementation", stacklevel=3)
-    return _OpsL2SP(reference, coefficient)
 
 
 class _Attached(keras.regularizers.Regularizer):
@@ -220,10 +176,10 @@ def attach_l2sp(model: keras.Model, reference: Any, alpha: float, beta: float) -
     implementation = ""
     for v in _trainable_kind(model):
         if id(v) in values:
-            reg = _l2sp_regularizer(values[id(v)], alpha)
+            reg = L2SP(reference=values[id(v)], alpha=alpha)
             pretrained.append(v.path)
         elif beta > 0:
-            reg = _l2sp_regularizer(None, beta)
+            reg = L2SP(beta=beta)
             new.append(v.path)
         else:
             continue
