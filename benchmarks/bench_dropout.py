@@ -1,5 +1,6 @@
 """Dropout on 16M float32 elements, side by side in one run, with the baselines
-measured in the same run: fusedopt's forward and forward+backward,
+measured in the same run: fusedopt's forward and forward+backward (NumPy
+API, and the ``fusedopt.keras.layers.Dropout`` op in ``tf.function``),
 ``keras.random.dropout`` and ``tf.nn.dropout`` in ``tf.function``, and two
 memory-bound floors (NumPy ``x * 2``, and the engine's ``stream_roofline``
 ``y += x``). Also: the memory each keeps for backward, and fusedopt.Adam on
@@ -31,6 +32,7 @@ import tensorflow as tf  # noqa: E402
 
 import fusedopt  # noqa: E402
 from fusedopt import _core  # noqa: E402
+from fusedopt.keras import layers as fk_layers  # noqa: E402
 from fusedopt.bench.timing import Timing  # noqa: E402
 
 SEED = 1234
@@ -63,10 +65,23 @@ def dropout_cases(n: int, rate: float) -> dict[str, tuple[Callable[[], object], 
             y = keras.random.dropout(a, rate, seed=SEED)
         return y, tape.gradient(y, a, output_gradients=g)
 
+    layer = fk_layers.Dropout(rate, seed=SEED)
+    layer_fwd = tf.function(lambda a: layer(a, training=True))
+
+    @tf.function
+    def layer_fwd_bwd(a, g):
+        with tf.GradientTape() as tape:
+            tape.watch(a)
+            y = layer(a, training=True)
+        return y, tape.gradient(y, a, output_gradients=g)
+
     return {
         "fusedopt dropout fwd": (lambda: fusedopt.ops.dropout(x, rate, SEED), 2 * f32 + mask, "1 bit"),
         "fusedopt fwd+bwd (mask)": (fused_fwd_bwd_mask, 4 * f32 + 2 * mask, "1 bit"),
         "fusedopt fwd+bwd (seed)": (fused_fwd_bwd_seed, 4 * f32 + mask, "0 (seed)"),
+        "fusedopt.keras Dropout fwd (tf.function)": (lambda: layer_fwd(xt), 2 * f32 + mask, "1 bit"),
+        "fusedopt.keras Dropout fwd+bwd (tf.function)": (lambda: layer_fwd_bwd(xt, dyt),
+                                                         4 * f32 + 2 * mask, "1 bit"),
         "keras.random.dropout fwd (tf.function)": (lambda: keras_fwd(xt), 2 * f32, "1 byte"),
         "keras.random.dropout fwd+bwd (tf.function)": (lambda: keras_fwd_bwd(xt, dyt), 4 * f32, "1 byte"),
         "tf.nn.dropout fwd (tf.function)": (lambda: tf_fwd(xt), 2 * f32, "1 byte"),
@@ -137,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         "fwd / keras fwd": ratio(timings["fusedopt dropout fwd"], keras_fwd),
         "fwd+bwd (mask) / keras fwd+bwd": ratio(timings["fusedopt fwd+bwd (mask)"], keras_both),
         "fwd+bwd (seed) / keras fwd+bwd": ratio(timings["fusedopt fwd+bwd (seed)"], keras_both),
+        "keras Dropout fwd / keras fwd": ratio(timings["fusedopt.keras Dropout fwd (tf.function)"], keras_fwd),
+        "keras Dropout fwd+bwd / keras fwd+bwd": ratio(
+            timings["fusedopt.keras Dropout fwd+bwd (tf.function)"], keras_both),
         "fwd / numpy x*2": ratio(timings["fusedopt dropout fwd"], floor_np),
         "fwd / stream_roofline": ratio(timings["fusedopt dropout fwd"], floor_stream),
         "keras fwd / numpy x*2": ratio(keras_fwd, floor_np),
