@@ -42,7 +42,7 @@ def _adam_args(param, states, **overrides):
     args = dict(params=[param.handle], states=[s.handle for s in states],
                 grads=[tf.ones_like(param)], hyper=tf.constant([0.9, 0.999, 1e-7], F64),
                 learning_rate=tf.constant(0.01, F64), step=tf.constant(1, tf.int64),
-                decay=tf.constant(0.0, F64))
+                decay=tf.constant(0.0, F64), regularization=tf.zeros([3], F64))
     args.update(overrides)
     return args
 
@@ -92,6 +92,15 @@ def _bad_cases():
     def negative_decay(p, s):
         return "fusedopt_adam", _adam_args(p, s, decay=tf.constant(-1.0, F64))
 
+    def negative_l2(p, s):
+        return "fusedopt_adam", _adam_args(p, s, regularization=tf.constant([0.0, -1.0, 0.0], F64))
+
+    def nan_proximal_l1(p, s):
+        return "fusedopt_adam", _adam_args(p, s, regularization=tf.constant([0.0, 0.0, np.nan], F64))
+
+    def regularization_length(p, s):
+        return "fusedopt_adam", _adam_args(p, s, regularization=tf.zeros([2], F64))
+
     def slot_shape(p, s):
         other = tf.Variable(np.zeros((12,), "float32"))
         return "fusedopt_adam", _adam_args(p, [s[0], other])
@@ -116,7 +125,8 @@ def _bad_cases():
         return "fusedopt_adam", args
 
     return [grad_shape, hyper_length, negative_lr, nan_lr, same_variable_twice, param_as_its_own_slot,
-            bad_beta, nan_hyper, step_zero, negative_decay, slot_shape, grad_dtype, wrong_slot_count,
+            bad_beta, nan_hyper, step_zero, negative_decay, negative_l2, nan_proximal_l1,
+            regularization_length, slot_shape, grad_dtype, wrong_slot_count,
             ftrl_zero_lr, second_tensor_bad]
 
 
@@ -159,7 +169,7 @@ BUILD_SCRIPT = textwrap.dedent(r"""
     p = tf.Variable(np.ones(4, "float32"))
     lib.fusedopt_sgd(params=[p.handle], states=[], grads=[tf.ones(4)], hyper=tf.zeros([0], tf.float64),
                      learning_rate=tf.constant(0.5, tf.float64), step=tf.constant(1, tf.int64),
-                     decay=tf.constant(0.0, tf.float64))
+                     decay=tf.constant(0.0, tf.float64), regularization=tf.zeros([3], tf.float64))
     print("REPORT" + json.dumps({"builds": len(builds), "path": L.status()["path"],
                                  "value": p.numpy().tolist()}))
 """)

@@ -36,6 +36,17 @@ absl::Status same_shape(const Tensor& x, const Tensor& reference) {
   return absl::OkStatus();
 }
 
+// The inputs after x: (l1, l2) for L1L2, (reference, alpha) for L2-SP.
+template <bool kSp>
+absl::Status strengths(OpKernelContext* ctx, double* a, double* b) {
+  if (!kSp) {
+    TF_RETURN_IF_ERROR(scalar_input(ctx, 1, "l1", false, a));
+    return scalar_input(ctx, 2, "l2", false, b);
+  }
+  TF_RETURN_IF_ERROR(same_shape(ctx->input(0), ctx->input(1)));
+  return scalar_input(ctx, 2, "alpha", false, a);
+}
+
 // Penalty ops: a scalar of T from the engine's double sums.
 template <typename T, bool kSp>
 class PenaltyOp : public OpKernel {
@@ -43,16 +54,9 @@ class PenaltyOp : public OpKernel {
   using OpKernel::OpKernel;
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
-    const Tensor* reference = nullptr;
+    const Tensor* reference = kSp ? &ctx->input(1) : nullptr;
     double a = 0.0, b = 0.0;
-    if (kSp) {
-      reference = &ctx->input(1);
-      OP_REQUIRES_OK(ctx, same_shape(x, *reference));
-      OP_REQUIRES_OK(ctx, scalar_input(ctx, 2, "alpha", false, &a));
-    } else {
-      OP_REQUIRES_OK(ctx, scalar_input(ctx, 1, "l1", false, &a));
-      OP_REQUIRES_OK(ctx, scalar_input(ctx, 2, "l2", false, &b));
-    }
+    OP_REQUIRES_OK(ctx, strengths<kSp>(ctx, &a, &b));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
     double sum_abs = 0.0, sum_squares = 0.0;
@@ -71,13 +75,7 @@ class GradientOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
     double a = 0.0, b = 0.0;
-    if (kSp) {
-      OP_REQUIRES_OK(ctx, same_shape(x, ctx->input(1)));
-      OP_REQUIRES_OK(ctx, scalar_input(ctx, 2, "alpha", false, &a));
-    } else {
-      OP_REQUIRES_OK(ctx, scalar_input(ctx, 1, "l1", false, &a));
-      OP_REQUIRES_OK(ctx, scalar_input(ctx, 2, "l2", false, &b));
-    }
+    OP_REQUIRES_OK(ctx, strengths<kSp>(ctx, &a, &b));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &out));
     if (kSp)

@@ -24,6 +24,7 @@ import keras
 import numpy as np
 
 from fusedopt.keras import _op_library
+from fusedopt.optimizers import _check_number as check_number
 
 __all__ = [
     "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "AdamW", "Adamax", "Nadam", "Ftrl",
@@ -93,15 +94,6 @@ def _with_backend_specialization(cls: type) -> type:
 _REGULARIZATION_ARGS = ("l1", "l2", "proximal_l1")
 
 
-def _regularization_strength(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not (np.isfinite(value) and value >= 0.0):
-        raise ValueError(f"{name} must be finite and >= 0, got {value}")
-    return value
-
-
 class _Fused:
     """Mixin over a Keras optimizer: the fused TensorFlow update step.
 
@@ -133,7 +125,7 @@ class _Fused:
         return super().__new__(_with_backend_specialization(cls))
 
     def __init__(self, *args, l1: float = 0.0, l2: float = 0.0, proximal_l1: float = 0.0, **kwargs):
-        strengths = {name: _regularization_strength(value, name)
+        strengths = {name: check_number(value, name, low=0.0)
                      for name, value in zip(_REGULARIZATION_ARGS, (l1, l2, proximal_l1))}
         super().__init__(*args, **kwargs)
         self.l1, self.l2, self.proximal_l1 = (strengths[n] for n in _REGULARIZATION_ARGS)

@@ -28,6 +28,7 @@ import keras
 import numpy as np
 
 from fusedopt.keras import _op_library
+from fusedopt.optimizers import _check_number as check_number
 
 __all__ = ["L1", "L2", "L1L2", "L2SP", "l1", "l2", "l1_l2", "l2sp", "get"]
 
@@ -80,15 +81,6 @@ class L2(keras.regularizers.L2):
         return _elastic_penalty(x, 0.0, self.l2, super().__call__)
 
 
-def _strength(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not (np.isfinite(value) and value >= 0.0):
-        raise ValueError(f"{name} must be finite and >= 0, got {value}")
-    return value
-
-
 @keras.saving.register_keras_serializable(package="fusedopt")
 class L2SP(keras.regularizers.Regularizer):
     r"""L2-SP: an L2 penalty toward pretrained weights (Li, Grandvalet & Davoine,
@@ -121,8 +113,8 @@ class L2SP(keras.regularizers.Regularizer):
     """
 
     def __init__(self, reference: Any = None, alpha: float = 0.01, beta: float = 0.01) -> None:
-        self.alpha = _strength(alpha, "alpha")
-        self.beta = _strength(beta, "beta")
+        self.alpha = check_number(alpha, "alpha", low=0.0)
+        self.beta = check_number(beta, "beta", low=0.0)
         if reference is not None:
             reference = np.asarray(reference)
             if not np.issubdtype(reference.dtype, np.floating):
