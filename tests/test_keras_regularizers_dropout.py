@@ -239,6 +239,10 @@ def test_dropout_bad_input():
         fk_layers.Dropout(1.5)
     with pytest.raises(ValueError, match="noise_shape"):
         fk_layers.Dropout(0.5, noise_shape="abc")
+    with pytest.raises(ValueError, match=r"noise_shape \(2, 3\) does not broadcast"):
+        fk_layers.Dropout(0.5, noise_shape=(2, 3))(tf.ones([4, 3]), training=True)
+    with pytest.raises(ValueError, match="floating point"):  # as the built-in
+        fk_layers.Dropout(0.5)(tf.ones([4, 3], tf.int32), training=True)
     module = _op_library.load()
     x = tf.ones([4, 3])
     seed = tf.constant([1, 2], tf.int64)

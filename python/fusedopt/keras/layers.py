@@ -41,6 +41,7 @@ class Dropout(keras.layers.Dropout):
     def call(self, inputs, training=False):
         if not (training and self.rate > 0):
             return inputs
+        self._check_noise_shape(inputs.shape)
         if (self.rate >= 1 or keras.backend.standardize_dtype(inputs.dtype) not in _FUSED_DTYPES
                 or "GPU" in (getattr(inputs, "device", "") or "").upper()
                 or not _op_library.usable()):
@@ -59,3 +60,16 @@ class Dropout(keras.layers.Dropout):
             x=inputs, rate=tf.constant(float(self.rate), tf.float64), seed=seed,
             noise_shape=noise_shape)
         return y
+
+    def _check_noise_shape(self, shape):
+        """A ValueError naming noise_shape where it cannot broadcast to the input's
+        static shape (right-aligned; each entry 1 or the input's size there)."""
+        if self.noise_shape is None:
+            return
+        dims = list(shape)
+        ok = len(self.noise_shape) <= len(dims)
+        for n, d in zip(reversed(self.noise_shape), reversed(dims)):
+            ok = ok and (n is None or n == 1 or d is None or n == d)
+        if not ok:
+            raise ValueError(f"noise_shape {tuple(self.noise_shape)} does not broadcast to the input "
+                             f"shape {tuple(dims)}: each entry must be 1, None or the input's size there")
