@@ -206,7 +206,7 @@ class _Fused:
             super()._apply_weight_decay(variables)
         keras_update_step(grads, variables, learning_rate)
         if self.proximal_l1:
-            for v in variables:
+            for v in variables:  # at the rate the fused op gets (Muon: its Adam variables' own)
                 lr = self._fused_learning_rate(learning_rate) if self._fused_variable_ok(v) else learning_rate
                 t = keras.ops.cast(keras.ops.cast(lr, "float64") * self.proximal_l1, v.dtype)
                 v.assign(v - keras.ops.clip(v, -t, t))  # soft threshold, as regularizers.h
