@@ -187,6 +187,30 @@ def _register_gradients(module: Any) -> None:
         tf.no_gradient(name)  # used only as gradients; second derivatives are not provided
 
 
+# The dtypes of the fused ops' CPU kernels.
+FUSED_DTYPES = ("float32", "float64")
+
+
+def tf_value(x: Any) -> Any:
+    """The TensorFlow variable or tensor behind `x` (a keras.Variable's `.value`)."""
+    import keras
+
+    return x.value if isinstance(x, keras.Variable) else x
+
+
+def takes(x: Any) -> bool:
+    """Whether the fused ops' kernels take `x`: float32/float64, not on a GPU."""
+    import keras
+
+    return (keras.backend.standardize_dtype(x.dtype) in FUSED_DTYPES
+            and "GPU" not in (getattr(tf_value(x), "device", "") or "").upper())
+
+
+def module_for(x: Any) -> Any:
+    """The op module when the fused ops can run on `x` here (`takes` and `usable`), else None."""
+    return load() if takes(x) and usable() else None
+
+
 def usable() -> bool:
     """The fused ops can run here: the TensorFlow backend, outside an XLA
     context (a custom op has no XLA kernel), and the library loads (else one

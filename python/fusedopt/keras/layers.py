@@ -31,9 +31,6 @@ from fusedopt.keras import _op_library
 
 __all__ = ["Dropout"]
 
-_FUSED_DTYPES = ("float32", "float64")
-
-
 @keras.saving.register_keras_serializable(package="fusedopt")
 class Dropout(keras.layers.Dropout):
     __doc__ = keras.layers.Dropout.__doc__
@@ -42,9 +39,8 @@ class Dropout(keras.layers.Dropout):
         if not (training and self.rate > 0):
             return inputs
         self._check_noise_shape(inputs.shape)
-        if (self.rate >= 1 or keras.backend.standardize_dtype(inputs.dtype) not in _FUSED_DTYPES
-                or "GPU" in (getattr(inputs, "device", "") or "").upper()
-                or not _op_library.usable()):
+        module = None if self.rate >= 1 else _op_library.module_for(inputs)
+        if module is None:
             return super().call(inputs, training=training)
         import tensorflow as tf
         from keras.src.backend.tensorflow.random import _cast_seed, _get_concrete_noise_shape
@@ -56,7 +52,7 @@ class Dropout(keras.layers.Dropout):
         missing = len(inputs.shape) - int(noise_shape.shape[0])
         if missing > 0:  # broadcast right-aligned, as stateless_dropout does
             noise_shape = tf.concat([tf.ones([missing], tf.int64), noise_shape], 0)
-        y, _ = _op_library.load().fusedopt_dropout(
+        y, _ = module.fusedopt_dropout(
             x=inputs, rate=tf.constant(float(self.rate), tf.float64), seed=seed,
             noise_shape=noise_shape)
         return y

@@ -31,9 +31,6 @@ __all__ = [
     "Lion", "Lamb", "Adafactor", "ScheduleFreeAdamW", "Muon",
 ]
 
-_FUSED_DTYPES = ("float32", "float64")
-
-
 def _float64(value: Any) -> Any:
     """`value` as a float64 tensor; a Python number exactly.
 
@@ -62,10 +59,6 @@ def _keras_cast(value: Any) -> Any:
 
 def _op_function(rule: str) -> Callable[..., Any]:
     return getattr(_op_library.load(), "fusedopt_" + rule)
-
-
-def _tf_variable(v: Any) -> Any:
-    return v.value if isinstance(v, keras.Variable) else v
 
 
 _SPECIALIZED: dict = {}
@@ -164,8 +157,7 @@ class _Fused:
         import tensorflow as tf
 
         return (grad is not None and not isinstance(grad, tf.IndexedSlices)
-                and str(variable.dtype) in _FUSED_DTYPES
-                and "GPU" not in (_tf_variable(variable).device or "").upper()
+                and _op_library.takes(variable)
                 and self._fused_variable_ok(variable))
 
     def _apply_weight_decay(self, variables):
@@ -235,7 +227,7 @@ class _Fused:
 
         keras_vars = [v for _, v in grads_and_keras_vars]
         grads_and_vars = self._all_reduce_sum_gradients(
-            [(g, _tf_variable(v)) for g, v in grads_and_keras_vars])
+            [(g, _op_library.tf_value(v)) for g, v in grads_and_keras_vars])
         tf.__internal__.distribute.interim.maybe_merge_call(
             self._fused_distributed_update, self._distribution_strategy, grads_and_vars,
             keras_vars, learning_rate, decay)
@@ -274,9 +266,9 @@ class _Fused:
             # Keras's TF _apply_weight_decay, whatever the variable dtype.
             wd = (tf.cast(self.weight_decay, tf.float64) * tf.cast(self.learning_rate, tf.float64)
                   if decays else tf.constant(0.0, tf.float64))
-            params = [_tf_variable(v).handle for _, v in members]
+            params = [_op_library.tf_value(v).handle for _, v in members]
             slots = [self._fused_slots(v) for _, v in members]
-            states = [_tf_variable(s[k]).handle for k in range(len(slots[0])) for s in slots]
+            states = [_op_library.tf_value(s[k]).handle for k in range(len(slots[0])) for s in slots]
             ops.append(op(params=params, states=states,
                           grads=[tf.cast(g, dtype) for g, _ in members],
                           hyper=hyper, learning_rate=lr, step=step, decay=wd,

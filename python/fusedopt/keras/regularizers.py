@@ -32,25 +32,13 @@ from fusedopt.optimizers import _check_number as check_number
 
 __all__ = ["L1", "L2", "L1L2", "L2SP", "l1", "l2", "l1_l2", "l2sp", "get"]
 
-_FUSED_DTYPES = ("float32", "float64")
-
-
-def _fused_module(x: Any) -> Any:
-    """The op module when the fused ops can take `x`, else None."""
-    if keras.backend.standardize_dtype(x.dtype) not in _FUSED_DTYPES or not _op_library.usable():
-        return None
-    if "GPU" in (getattr(x, "device", "") or "").upper():  # CPU kernels only
-        return None
-    return _op_library.load()
-
-
 def _elastic_penalty(x: Any, l1: float, l2: float, keras_penalty: Any) -> Any:
-    module = _fused_module(x) if (l1 or l2) else None  # all 0: Keras's constant 0 (no gradient)
+    module = _op_library.module_for(x) if (l1 or l2) else None  # all 0: Keras's constant 0 (no gradient)
     if module is None:
         return keras_penalty(x)
     import tensorflow as tf
 
-    value = x.value if isinstance(x, keras.Variable) else x
+    value = _op_library.tf_value(x)
     # Keras's ops.cast(l, x.dtype) rounds a Python float to float32 first on
     # TensorFlow, float64 variables included: use the same strengths.
     l1, l2 = (tf.constant(float(np.float32(v)), tf.float64) for v in (l1, l2))
@@ -127,13 +115,13 @@ class L2SP(keras.regularizers.Regularizer):
             raise ValueError(f"L2SP: reference has shape {tuple(self.reference.shape)} but the "
                              f"variable has shape {tuple(x.shape)}")
         coefficient = self.alpha if self.reference is not None else self.beta
-        module = _fused_module(x)
+        module = _op_library.module_for(x)
         if module is None:
             d = x if self.reference is None else x - keras.ops.cast(self.reference, x.dtype)
             return keras.ops.cast(0.5 * coefficient, x.dtype) * keras.ops.sum(keras.ops.square(d))
         import tensorflow as tf
 
-        value = x.value if isinstance(x, keras.Variable) else x
+        value = _op_library.tf_value(x)
         reference = (tf.zeros_like(value) if self.reference is None
                      else tf.cast(self.reference.value, value.dtype))
         return module.fusedopt_sp_penalty(x=value, reference=reference,
