@@ -60,6 +60,39 @@ def test_direct_call_matches_keras_adam(lib):
     np.testing.assert_allclose(states[1].numpy(), opt.variables[3].numpy(), rtol=1e-7)
 
 
+def _state_list_args(lib, param, states, listed=None, **overrides):
+    """_adam_args with the slots as one FusedoptVariableList (of `listed`, default `states`)."""
+    handle = lib.fusedopt_variable_list(variables=[v.handle for v in (states if listed is None else listed)])
+    return dict(_adam_args(param, states, **overrides), states=[handle], state_list=True)
+
+
+def test_state_list_matches_separate_handles(lib):
+    """Slots given as one list handle: the same update, bit for bit, also after
+    the slots are assigned anew (as a checkpoint restore does)."""
+    results = []
+    for listed in (False, True):
+        p1, s1 = _variables(shape=(3, 4))
+        p2, s2 = _variables(shape=(7,))
+        states = [s1[0], s2[0], s1[1], s2[1]]  # slot-major
+        grads = [tf.fill((3, 4), 0.25), tf.fill((7,), -0.5)]
+        if listed:
+            args = _state_list_args(lib, p1, states, grads=grads)
+        else:
+            args = _adam_args(p1, states, grads=grads)
+        args["params"] = [p1.handle, p2.handle]
+        def op():
+            lib.fusedopt_adam(**args)
+
+        op = tf.function(op)
+        op()
+        for s in states:
+            s.assign(s * 0.5)
+        op()
+        results.append([v.numpy() for v in (p1, p2, *states)])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
 def _bad_cases():
     """(id, builder) -> (op name, kwargs, variables to check)."""
     def grad_shape(p, s):
@@ -111,6 +144,22 @@ def _bad_cases():
     def wrong_slot_count(p, s):
         return "fusedopt_adam", _adam_args(p, s[:1])
 
+    def state_list_too_short(p, s):
+        return "fusedopt_adam", _state_list_args(_op_library.load(), p, s, listed=s[:1])
+
+    def state_list_holds_the_param(p, s):
+        return "fusedopt_adam", _state_list_args(_op_library.load(), p, s, listed=[p, s[1]])
+
+    def state_list_of_wrong_slot_shape(p, s):
+        other = tf.Variable(np.zeros((12,), "float32"))
+        return "fusedopt_adam", _state_list_args(_op_library.load(), p, s, listed=[s[0], other])
+
+    def variable_handle_as_state_list(p, s):
+        return "fusedopt_adam", dict(_adam_args(p, s), states=[s[0].handle], state_list=True)
+
+    def two_handles_as_state_list(p, s):
+        return "fusedopt_adam", _adam_args(p, s, state_list=True)
+
     def ftrl_zero_lr(p, s):
         return "fusedopt_ftrl", _adam_args(p, s, hyper=tf.constant([-0.5, 0.0, 0.0, 0.0, 0.0], F64),
                                            learning_rate=tf.constant(0.0, F64))
@@ -127,6 +176,8 @@ def _bad_cases():
     return [grad_shape, hyper_length, negative_lr, nan_lr, same_variable_twice, param_as_its_own_slot,
             bad_beta, nan_hyper, step_zero, negative_decay, negative_l2, nan_proximal_l1,
             regularization_length, slot_shape, grad_dtype, wrong_slot_count,
+            state_list_too_short, state_list_holds_the_param, state_list_of_wrong_slot_shape,
+            variable_handle_as_state_list, two_handles_as_state_list,
             ftrl_zero_lr, second_tensor_bad]
 
 

@@ -19,6 +19,36 @@ namespace tensorflow {
 
 using CPUDevice = Eigen::ThreadPoolDevice;
 
+// What a FusedoptVariableList handle points to: references to its variables,
+// in the order given.
+class VariableList : public ResourceBase {
+ public:
+  explicit VariableList(std::vector<core::RefCountPtr<Var>> vars) : vars_(std::move(vars)) {}
+  const std::vector<core::RefCountPtr<Var>>& vars() const { return vars_; }
+  std::string DebugString() const override {
+    return strings::StrCat("FusedoptVariableList of ", vars_.size(), " variables");
+  }
+
+ private:
+  const std::vector<core::RefCountPtr<Var>> vars_;
+};
+
+class VariableListOp : public OpKernel {
+ public:
+  using OpKernel::OpKernel;
+
+  void Compute(OpKernelContext* ctx) override {
+    std::vector<core::RefCountPtr<Var>> vars(ctx->num_inputs());
+    for (int i = 0; i < ctx->num_inputs(); ++i)
+      OP_REQUIRES_OK(ctx, LookupResource(ctx, HandleFromInput(ctx, i), &vars[i]));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
+    out->scalar<ResourceHandle>()() =
+        ResourceHandle::MakeRefCountingHandle(new VariableList(std::move(vars)), ctx->device()->name());
+  }
+};
+REGISTER_KERNEL_BUILDER(Name("FusedoptVariableList").Device(DEVICE_CPU), VariableListOp);
+
 template <typename T>
 class FusedUpdateOp : public OpKernel {
  public:
@@ -31,17 +61,25 @@ class FusedUpdateOp : public OpKernel {
     OP_REQUIRES(ctx, rule_ >= 0, errors::Internal("fusedopt engine has no rule for ", op));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("num_tensors", &num_tensors_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("num_states", &num_states_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("state_list", &state_list_));
     const int per_tensor = fusedopt_rule_num_states(rule_);
-    OP_REQUIRES(ctx, num_states_ == per_tensor * num_tensors_,
-                errors::InvalidArgument(op, " takes ", per_tensor, " slots per variable: num_states must be ",
-                                        per_tensor * num_tensors_, ", got ", num_states_));
+    num_slot_vars_ = per_tensor * num_tensors_;
+    if (state_list_) {
+      OP_REQUIRES(ctx, num_states_ == 1,
+                  errors::InvalidArgument(op, " with state_list takes one FusedoptVariableList handle "
+                                              "as states, got ", num_states_));
+    } else {
+      OP_REQUIRES(ctx, num_states_ == num_slot_vars_,
+                  errors::InvalidArgument(op, " takes ", per_tensor, " slots per variable: num_states must be ",
+                                          num_slot_vars_, ", got ", num_states_));
+    }
   }
 
   void Compute(OpKernelContext* ctx) override {
     const int n = num_tensors_;
-    const int slots = n == 0 ? 0 : num_states_ / n;
-    const int num_vars = n + num_states_;
-    const int grads_start = num_vars;
+    const int slots = n == 0 ? 0 : num_slot_vars_ / n;
+    const int num_vars = n + num_slot_vars_;
+    const int grads_start = n + num_states_;
     const int hyper_input = grads_start + n;
 
     // Scalars.
@@ -77,8 +115,23 @@ class FusedUpdateOp : public OpKernel {
 
     // Look up every variable; the same variable twice would alias outputs.
     std::vector<core::RefCountPtr<Var>> vars(num_vars);
-    for (int i = 0; i < num_vars; ++i)
+    for (int i = 0; i < n; ++i)
       OP_REQUIRES_OK(ctx, LookupResource(ctx, HandleFromInput(ctx, i), &vars[i]));
+    if (state_list_) {
+      core::RefCountPtr<VariableList> list;
+      OP_REQUIRES_OK(ctx, LookupResource(ctx, HandleFromInput(ctx, n), &list));
+      OP_REQUIRES(ctx, static_cast<int>(list->vars().size()) == num_slot_vars_,
+                  errors::InvalidArgument("the state list holds ", list->vars().size(), " variables, expected ",
+                                          num_slot_vars_));
+      for (int j = 0; j < num_slot_vars_; ++j) {
+        Var* v = list->vars()[j].get();
+        v->Ref();
+        vars[n + j].reset(v);
+      }
+    } else {
+      for (int i = n; i < num_vars; ++i)
+        OP_REQUIRES_OK(ctx, LookupResource(ctx, HandleFromInput(ctx, i), &vars[i]));
+    }
     std::vector<Var*> sorted;
     sorted.reserve(num_vars);
     for (auto& v : vars) sorted.push_back(v.get());
@@ -152,6 +205,8 @@ class FusedUpdateOp : public OpKernel {
   int rule_ = -1;
   int num_tensors_ = 0;
   int num_states_ = 0;
+  bool state_list_ = false;
+  int num_slot_vars_ = 0;  // slot variables, from num_states handles or one list
 };
 
 #define FUSEDOPT_REGISTER_KERNELS(op_name, rule)                                         \

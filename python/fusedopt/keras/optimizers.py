@@ -268,12 +268,61 @@ class _Fused:
                   if decays else tf.constant(0.0, tf.float64))
             params = [_op_library.tf_value(v).handle for _, v in members]
             slots = [self._fused_slots(v) for _, v in members]
-            states = [_op_library.tf_value(s[k]).handle for k in range(len(slots[0])) for s in slots]
+            slot_vars = [_op_library.tf_value(s[k]) for k in range(len(slots[0])) for s in slots]
+            state_list = self._fused_state_lists.get(slot_vars)
+            states = [state_list] if state_list is not None else [s.handle for s in slot_vars]
             ops.append(op(params=params, states=states,
                           grads=[tf.cast(g, dtype) for g, _ in members],
                           hyper=hyper, learning_rate=lr, step=step, decay=wd,
-                          regularization=regularization))
+                          regularization=regularization, state_list=state_list is not None))
         return tf.group(*ops)
+
+    @property
+    def _fused_state_lists(self) -> "_StateLists":
+        lists = self.__dict__.get("_fusedopt_state_lists")
+        if lists is None:
+            lists = _StateLists()
+            # Not through setattr: Keras would track it as optimizer state.
+            self.__dict__["_fusedopt_state_lists"] = lists
+        return lists
+
+
+class _StateLists:
+    """One FusedoptVariableList handle per set of slot variables, made once.
+
+    The fused op then takes an optimizer's slots as one handle instead of one
+    per slot, which is most of its cost per call in a tf.function with many
+    small variables (each captured resource costs microseconds per call).
+    The parameters stay separate inputs, so TensorFlow still orders reads of
+    them (EMA, constraints, the forward pass) around the update. The slots
+    are read by nothing else in a training step; a read of a slot variable in
+    the same tf.function as the update is not ordered after it.
+
+    Only for plain variables made eagerly (not distributed, not made inside a
+    graph): elsewhere `get` returns None and the op takes one handle per slot.
+    """
+
+    def __init__(self) -> None:
+        self._lists: dict = {}
+
+    def get(self, slot_vars: list) -> Any:
+        import tensorflow as tf
+
+        if not slot_vars or any(isinstance(s, tf.distribute.DistributedValues) for s in slot_vars):
+            return None
+        key = tuple(id(s) for s in slot_vars)
+        entry = self._lists.get(key)
+        if entry is None:
+            with tf.init_scope():
+                if not tf.executing_eagerly():
+                    return None
+                handles = [s.handle for s in slot_vars]
+                if any(tf.is_symbolic_tensor(h) for h in handles):
+                    return None
+                handle = _op_library.load().fusedopt_variable_list(variables=handles)
+            # The variables stay referenced, so that their ids in the key stay theirs.
+            entry = self._lists[key] = (handle, list(slot_vars))
+        return entry[0]
 
 
 def _slot(slots: Sequence[Any], optimizer: Any, variable: Any) -> Any:
