@@ -1,36 +1,28 @@
-// CPU kernels of the fused update ops: look up and lock every variable (in
-// address order), make each buffer safe to write (TF's copy-on-write
-// discipline), validate everything, then hand all tensors to the engine in
-// one call through its C API.
+// CPU kernels of the fused update ops (the kernel itself: fused_update_kernel.h)
+// and of FusedoptVariableList.
 #define EIGEN_USE_THREADS
 
-#include <algorithm>
-#include <cmath>
-#include <string>
-#include <vector>
-
-#include "fused_update_ops.h"
-#include "fusedopt/c_api.h"
-#include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/resource_var.h"
+#include "fused_update_kernel.h"
 #include "tensorflow/core/kernels/training_op_helpers.h"
 
 namespace tensorflow {
 
 using CPUDevice = Eigen::ThreadPoolDevice;
 
-// What a FusedoptVariableList handle points to: references to its variables,
-// in the order given.
-class VariableList : public ResourceBase {
- public:
-  explicit VariableList(std::vector<core::RefCountPtr<Var>> vars) : vars_(std::move(vars)) {}
-  const std::vector<core::RefCountPtr<Var>>& vars() const { return vars_; }
-  std::string DebugString() const override {
-    return strings::StrCat("FusedoptVariableList of ", vars_.size(), " variables");
+struct CpuBackend {
+  static constexpr bool kRegularization = true;
+  static constexpr const char* kName = "CPU";
+
+  template <typename T>
+  static absl::Status MakeWritable(OpKernelContext* ctx, Var* var) {
+    return PrepareToUpdateVariable<CPUDevice, T>(ctx, var->tensor(), var->copy_on_read_mode.load());
   }
 
- private:
-  const std::vector<core::RefCountPtr<Var>> vars_;
+  static absl::Status Run(OpKernelContext*, int rule, int dtype, const fusedopt_tensor* tensors, int n,
+                          const double* hyper, int64_t step, double lr, double decay, const double* reg) {
+    fusedopt_apply_regularized(rule, dtype, tensors, n, hyper, step, lr, decay, reg[0], reg[1], reg[2]);
+    return absl::OkStatus();
+  }
 };
 
 class VariableListOp : public OpKernel {
@@ -49,171 +41,11 @@ class VariableListOp : public OpKernel {
 };
 REGISTER_KERNEL_BUILDER(Name("FusedoptVariableList").Device(DEVICE_CPU), VariableListOp);
 
-template <typename T>
-class FusedUpdateOp : public OpKernel {
- public:
-  explicit FusedUpdateOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    const std::string& op = ctx->def().op();
-#define FUSEDOPT_MATCH_RULE(op_name, rule) \
-    if (op == op_name) rule_ = fusedopt_rule_id(rule);
-    FUSEDOPT_TF_FOR_EACH_OP(FUSEDOPT_MATCH_RULE)
-#undef FUSEDOPT_MATCH_RULE
-    OP_REQUIRES(ctx, rule_ >= 0, errors::Internal("fusedopt engine has no rule for ", op));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_tensors", &num_tensors_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_states", &num_states_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("state_list", &state_list_));
-    const int per_tensor = fusedopt_rule_num_states(rule_);
-    num_slot_vars_ = per_tensor * num_tensors_;
-    if (state_list_) {
-      OP_REQUIRES(ctx, num_states_ == 1,
-                  errors::InvalidArgument(op, " with state_list takes one FusedoptVariableList handle "
-                                              "as states, got ", num_states_));
-    } else {
-      OP_REQUIRES(ctx, num_states_ == num_slot_vars_,
-                  errors::InvalidArgument(op, " takes ", per_tensor, " slots per variable: num_states must be ",
-                                          num_slot_vars_, ", got ", num_states_));
-    }
-  }
-
-  void Compute(OpKernelContext* ctx) override {
-    const int n = num_tensors_;
-    const int slots = n == 0 ? 0 : num_slot_vars_ / n;
-    const int num_vars = n + num_slot_vars_;
-    const int grads_start = n + num_states_;
-    const int hyper_input = grads_start + n;
-
-    // Scalars.
-    const Tensor& hyper_t = ctx->input(hyper_input);
-    OP_REQUIRES(ctx, hyper_t.dims() == 1 && hyper_t.NumElements() == fusedopt_rule_num_hyper(rule_),
-                errors::InvalidArgument("hyper must be a vector of ", fusedopt_rule_num_hyper(rule_),
-                                        " values, got shape ", hyper_t.shape().DebugString()));
-    std::vector<double> hyper(hyper_t.flat<double>().data(),
-                              hyper_t.flat<double>().data() + hyper_t.NumElements());
-    for (size_t i = 0; i < hyper.size(); ++i)
-      OP_REQUIRES(ctx, std::isfinite(hyper[i]), errors::InvalidArgument("hyper[", i, "] is not finite"));
-    if (const char* err = fusedopt_rule_validate(rule_, hyper.data()))
-      OP_REQUIRES(ctx, false, errors::InvalidArgument(err));
-    const double lr = ctx->input(hyper_input + 1).scalar<double>()();
-    const int64_t step = ctx->input(hyper_input + 2).scalar<int64_t>()();
-    const double decay = ctx->input(hyper_input + 3).scalar<double>()();
-    OP_REQUIRES(ctx, std::isfinite(lr) && lr >= 0.0,
-                errors::InvalidArgument("learning_rate must be finite and >= 0, got ", lr));
-    OP_REQUIRES(ctx, !fusedopt_rule_needs_positive_learning_rate(rule_) || lr > 0.0,
-                errors::InvalidArgument("learning_rate must be > 0 for ", ctx->op_kernel().type_string()));
-    OP_REQUIRES(ctx, step >= 1, errors::InvalidArgument("step must be >= 1, got ", step));
-    OP_REQUIRES(ctx, std::isfinite(decay) && decay >= 0.0,
-                errors::InvalidArgument("decay must be finite and >= 0, got ", decay));
-    const Tensor& reg_t = ctx->input(hyper_input + 4);
-    OP_REQUIRES(ctx, reg_t.dims() == 1 && reg_t.NumElements() == 3,
-                errors::InvalidArgument("regularization must be [l1, l2, proximal_l1], got shape ",
-                                        reg_t.shape().DebugString()));
-    const double* reg = reg_t.flat<double>().data();
-    static const char* const kRegNames[3] = {"l1", "l2", "proximal_l1"};
-    for (int k = 0; k < 3; ++k)
-      OP_REQUIRES(ctx, std::isfinite(reg[k]) && reg[k] >= 0.0,
-                  errors::InvalidArgument(kRegNames[k], " must be finite and >= 0, got ", reg[k]));
-
-    // Look up every variable; the same variable twice would alias outputs.
-    std::vector<core::RefCountPtr<Var>> vars(num_vars);
-    for (int i = 0; i < n; ++i)
-      OP_REQUIRES_OK(ctx, LookupResource(ctx, HandleFromInput(ctx, i), &vars[i]));
-    if (state_list_) {
-      core::RefCountPtr<VariableList> list;
-      OP_REQUIRES_OK(ctx, LookupResource(ctx, HandleFromInput(ctx, n), &list));
-      OP_REQUIRES(ctx, static_cast<int>(list->vars().size()) == num_slot_vars_,
-                  errors::InvalidArgument("the state list holds ", list->vars().size(), " variables, expected ",
-                                          num_slot_vars_));
-      for (int j = 0; j < num_slot_vars_; ++j) {
-        Var* v = list->vars()[j].get();
-        v->Ref();
-        vars[n + j].reset(v);
-      }
-    } else {
-      for (int i = n; i < num_vars; ++i)
-        OP_REQUIRES_OK(ctx, LookupResource(ctx, HandleFromInput(ctx, i), &vars[i]));
-    }
-    std::vector<Var*> sorted;
-    sorted.reserve(num_vars);
-    for (auto& v : vars) sorted.push_back(v.get());
-    std::sort(sorted.begin(), sorted.end());
-    OP_REQUIRES(ctx, std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end(),
-                errors::InvalidArgument("the same variable is passed twice"));
-
-    // Lock in address order (sorted above), as TF's training ops do.
-    std::vector<mutex_lock> locks;
-    locks.reserve(sorted.size());
-    for (Var* v : sorted) locks.emplace_back(*v->mu());
-
-    const bool factored = fusedopt_rule_factored_states(rule_) != 0;
-    for (int i = 0; i < num_vars; ++i) {
-      Tensor* t = vars[i]->tensor();
-      OP_REQUIRES(ctx, t->IsInitialized(), errors::FailedPrecondition("variable ", i, " is not initialized"));
-      OP_REQUIRES(ctx, t->dtype() == DataTypeToEnum<T>::v(),
-                  errors::InvalidArgument("variable ", i, " has dtype ", DataTypeString(t->dtype()),
-                                          ", expected ", DataTypeString(DataTypeToEnum<T>::v())));
-    }
-    std::vector<fusedopt_tensor> tensors(n);
-    for (int i = 0; i < n; ++i) {
-      const Tensor* p = vars[i]->tensor();
-      const Tensor& g = ctx->input(grads_start + i);
-      OP_REQUIRES(ctx, g.shape() == p->shape(),
-                  errors::InvalidArgument("grads[", i, "] has shape ", g.shape().DebugString(),
-                                          " but params[", i, "] has shape ", p->shape().DebugString()));
-      const int rank = p->dims();
-      for (int k = 0; k < slots; ++k) {
-        const Tensor* s = vars[n + k * n + i]->tensor();
-        TensorShape want = p->shape();
-        if (factored && k < 2) {
-          want = TensorShape();
-          if (rank >= 2) {
-            for (int d = 0; d < rank - 2; ++d) want.AddDim(p->dim_size(d));
-            want.AddDim(p->dim_size(k == 0 ? rank - 2 : rank - 1));
-          }
-        }
-        OP_REQUIRES(ctx, s->shape() == want,
-                    errors::InvalidArgument("slot ", k, " of params[", i, "] has shape ",
-                                            s->shape().DebugString(), ", expected ", want.DebugString()));
-      }
-    }
-
-    // Everything is valid: make buffers exclusively ours, then update.
-    for (int i = 0; i < num_vars; ++i)
-      OP_REQUIRES_OK(ctx, PrepareToUpdateVariable<CPUDevice, T>(ctx, vars[i]->tensor(),
-                                                                vars[i]->copy_on_read_mode.load()));
-    for (int i = 0; i < n; ++i) {
-      Tensor* p = vars[i]->tensor();
-      fusedopt_tensor& t = tensors[i];
-      t = fusedopt_tensor{};
-      t.param = p->flat<T>().data();
-      t.grad = ctx->input(grads_start + i).flat<T>().data();
-      for (int k = 0; k < slots; ++k) t.state[k] = vars[n + k * n + i]->tensor()->flat<T>().data();
-      t.size = p->NumElements();
-      t.batch = t.rows = t.cols = 1;
-      const int rank = p->dims();
-      if (factored && rank >= 2) {
-        t.factored = 1;
-        t.rows = p->dim_size(rank - 2);
-        t.cols = p->dim_size(rank - 1);
-        t.batch = (t.rows * t.cols) == 0 ? 0 : t.size / (t.rows * t.cols);
-      }
-    }
-    fusedopt_apply_regularized(rule_, std::is_same<T, double>::value ? FUSEDOPT_FLOAT64 : FUSEDOPT_FLOAT32,
-                               tensors.data(), n, hyper.data(), step, lr, decay, reg[0], reg[1], reg[2]);
-  }
-
- private:
-  int rule_ = -1;
-  int num_tensors_ = 0;
-  int num_states_ = 0;
-  bool state_list_ = false;
-  int num_slot_vars_ = 0;  // slot variables, from num_states handles or one list
-};
-
 #define FUSEDOPT_REGISTER_KERNELS(op_name, rule)                                         \
   REGISTER_KERNEL_BUILDER(Name(op_name).Device(DEVICE_CPU).TypeConstraint<float>("T"),   \
-                          FusedUpdateOp<float>);                                         \
+                          FusedUpdateOp<CpuBackend, float>);                             \
   REGISTER_KERNEL_BUILDER(Name(op_name).Device(DEVICE_CPU).TypeConstraint<double>("T"),  \
-                          FusedUpdateOp<double>);
+                          FusedUpdateOp<CpuBackend, double>);
 FUSEDOPT_TF_FOR_EACH_OP(FUSEDOPT_REGISTER_KERNELS)
 
 }  // namespace tensorflow

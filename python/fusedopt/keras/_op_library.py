@@ -27,7 +27,11 @@ from typing import Any
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 _SOURCES = ("fused_update_ops.cc", "fused_update_kernels.cc", "regularizer_dropout_ops.cc",
             "regularizer_dropout_kernels.cc")
-_HEADERS = ("fused_update_ops.h",)
+# The fused update ops' GPU kernels: built where TensorFlow has CUDA and the
+# engine its CUDA kernels; where they fail to compile, the library is built
+# without them (CPU kernels only) and status() says why.
+_GPU_SOURCES = ("fused_update_kernels_gpu.cc",)
+_HEADERS = ("fused_update_ops.h", "fused_update_kernel.h")
 _LIB_NAME = "fusedopt_tf_ops.so"
 
 _lock = threading.Lock()
@@ -62,17 +66,30 @@ def _compiler_version(cxx: list[str]) -> str:
         raise OpLibraryError(f"no C++ compiler found ({' '.join(cxx)}): {err}") from err
 
 
-def build_command(output: Path) -> list[str]:
-    """The compiler command that builds the op library into `output`."""
+def gpu_kernels_wanted() -> bool:
+    """Whether the op library gets GPU kernels: TensorFlow is built with CUDA
+    and fusedopt's engine with its CUDA kernels."""
     import tensorflow as tf
 
+    from fusedopt import _cuda
+
+    return bool(tf.test.is_built_with_cuda() and _cuda.compiled())
+
+
+def build_command(output: Path, gpu: bool | None = None) -> list[str]:
+    """The compiler command that builds the op library into `output` (with the
+    GPU kernels when `gpu`; default: where `gpu_kernels_wanted`)."""
+    import tensorflow as tf
+
+    if gpu is None:
+        gpu = gpu_kernels_wanted()
     src = _source_dir()
     return (
         _compiler()
         + ["-O2", "-fPIC", "-shared", "-w", "-DEIGEN_USE_THREADS"]
         + list(tf.sysconfig.get_compile_flags())
         + ["-I" + str(_PACKAGE_DIR / "include"), "-I" + str(src)]
-        + [str(src / s) for s in _SOURCES]
+        + [str(src / s) for s in _SOURCES + (_GPU_SOURCES if gpu else ())]
         + ["-o", str(output)]
         + list(tf.sysconfig.get_link_flags())
         + ["-L" + str(_PACKAGE_DIR), "-l:libfusedopt_engine.so", "-Wl,-rpath," + str(_PACKAGE_DIR)]
@@ -90,7 +107,7 @@ def cache_key() -> str:
                  " ".join(build_command(Path("OUT")))):
         h.update(part.encode())
         h.update(b"\0")
-    for name in _SOURCES + _HEADERS:
+    for name in _SOURCES + _GPU_SOURCES + _HEADERS:
         h.update((_source_dir() / name).read_bytes())
     for header in sorted((_PACKAGE_DIR / "include" / "fusedopt").rglob("*.h")):  # c_api.h, the math
         h.update(header.read_bytes())
@@ -120,14 +137,21 @@ def build(force: bool = False) -> Path:
         fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=entry)
         os.close(fd)
         try:
-            cmd = build_command(Path(tmp))
+            manifest: dict[str, Any] = {"gpu_kernels": gpu_kernels_wanted()}
+            cmd = build_command(Path(tmp), gpu=manifest["gpu_kernels"])
             proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0 and manifest["gpu_kernels"]:
+                # The CPU kernels must not depend on the GPU glue compiling.
+                manifest = {"gpu_kernels": False,
+                            "gpu_error": "compiling the GPU kernels failed: " + proc.stderr[-2000:]}
+                cmd = build_command(Path(tmp), gpu=False)
+                proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise OpLibraryError("compiling the TensorFlow op library failed:\n"
                                      + " ".join(cmd) + "\n" + proc.stderr[-4000:])
-            digest = _sha256(Path(tmp))
+            manifest.update(sha256=_sha256(Path(tmp)), command=cmd)
             os.replace(tmp, entry / _LIB_NAME)
-            (entry / "manifest.json.tmp").write_text(json.dumps({"sha256": digest, "command": cmd}))
+            (entry / "manifest.json.tmp").write_text(json.dumps(manifest))
             os.replace(entry / "manifest.json.tmp", entry / "manifest.json")
         finally:
             if os.path.exists(tmp):
@@ -158,7 +182,13 @@ def load() -> Any:
             _state["error"] = f"{type(err).__name__}: {err}"
             raise OpLibraryError(_state["error"]) from err
         _register_gradients(module)
+        try:
+            manifest = json.loads((path.parent / "manifest.json").read_text())
+        except (OSError, ValueError):
+            manifest = {}
         _state["module"], _state["path"] = module, path
+        _state["gpu_kernels"] = bool(manifest.get("gpu_kernels"))
+        _state["gpu_error"] = manifest.get("gpu_error")
         return module
 
 
@@ -198,12 +228,17 @@ def tf_value(x: Any) -> Any:
     return x.value if isinstance(x, keras.Variable) else x
 
 
-def takes(x: Any) -> bool:
-    """Whether the fused ops' kernels take `x`: float32/float64, not on a GPU."""
+def takes(x: Any, gpu: bool = False) -> bool:
+    """Whether the fused ops' kernels take `x`: float32/float64 on the CPU; with
+    `gpu` (the update ops, which have GPU kernels), also on a GPU where the
+    library was built with them."""
     import keras
 
-    return (keras.backend.standardize_dtype(x.dtype) in FUSED_DTYPES
-            and "GPU" not in (getattr(tf_value(x), "device", "") or "").upper())
+    if keras.backend.standardize_dtype(x.dtype) not in FUSED_DTYPES:
+        return False
+    if "GPU" not in (getattr(tf_value(x), "device", "") or "").upper():
+        return True
+    return gpu and usable() and bool(_state.get("gpu_kernels"))
 
 
 def module_for(x: Any) -> Any:
@@ -247,4 +282,5 @@ def available() -> bool:
 def status() -> dict[str, Any]:
     """Whether the op library is built/loaded, where, and why not."""
     return {"loaded": _state["module"] is not None, "path": str(_state["path"]) if _state["path"] else None,
-            "error": _state["error"], "cache_dir": str(_cache_root())}
+            "error": _state["error"], "cache_dir": str(_cache_root()),
+            "gpu_kernels": bool(_state.get("gpu_kernels")), "gpu_error": _state.get("gpu_error")}

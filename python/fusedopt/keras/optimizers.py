@@ -12,8 +12,9 @@ stays Keras's. Decoupled weight decay is done inside the fused op.
 Falls back to Keras's own update (same formulas, same variables) for: other
 Keras backends, an XLA context (``jit_compile=True``), sparse
 (``IndexedSlices``) gradients (Keras's sparse semantics), dtypes other than
-float32/float64, non-CPU variables, and a machine where the op library cannot
-be built (one warning).
+float32/float64, GPU variables where the op library has no GPU kernels (or
+with ``l1``/``l2``/``proximal_l1``, which only the CPU kernels fuse), and a
+machine where the op library cannot be built (one warning).
 """
 
 from __future__ import annotations
@@ -156,8 +157,10 @@ class _Fused:
     def _fusable(self, grad: Any, variable: Any) -> bool:
         import tensorflow as tf
 
+        # The GPU kernels have no fused regularization (Keras's update does it there).
+        gpu = not (self._coupled_regularization or self.proximal_l1)
         return (grad is not None and not isinstance(grad, tf.IndexedSlices)
-                and _op_library.takes(variable)
+                and _op_library.takes(variable, gpu=gpu)
                 and self._fused_variable_ok(variable))
 
     def _apply_weight_decay(self, variables):
@@ -255,13 +258,14 @@ class _Fused:
                  else tf.zeros([0], tf.float64))
         op = _op_function(self._fused_rule())
         regularization = tf.constant([self.l1, self.l2, self.proximal_l1], tf.float64)
-        # One op per (dtype, decays?) group: usually exactly one.
+        # One op per (dtype, decays?, device) group: usually exactly one.
         groups: dict = {}
         for g, v in zip(grads, keras_vars):
             decays = bool(decay and self._use_weight_decay(v))
-            groups.setdefault((str(v.dtype), decays), []).append((g, v))
+            device = _op_library.tf_value(v).device
+            groups.setdefault((str(v.dtype), decays, device), []).append((g, v))
         ops = []
-        for (dtype, decays), members in groups.items():
+        for (dtype, decays, _), members in groups.items():
             # tf.cast rounds a Python weight_decay to float32 first: so does
             # Keras's TF _apply_weight_decay, whatever the variable dtype.
             wd = (tf.cast(self.weight_decay, tf.float64) * tf.cast(self.learning_rate, tf.float64)
@@ -298,8 +302,9 @@ class _StateLists:
     are read by nothing else in a training step; a read of a slot variable in
     the same tf.function as the update is not ordered after it.
 
-    Only for plain variables made eagerly (not distributed, not made inside a
-    graph): elsewhere `get` returns None and the op takes one handle per slot.
+    Only for plain CPU variables made eagerly (not distributed, not on a GPU,
+    not made inside a graph): elsewhere `get` returns None and the op takes
+    one handle per slot.
     """
 
     def __init__(self) -> None:
@@ -308,8 +313,9 @@ class _StateLists:
     def get(self, slot_vars: list) -> Any:
         import tensorflow as tf
 
-        if not slot_vars or any(isinstance(s, tf.distribute.DistributedValues) for s in slot_vars):
-            return None
+        if not slot_vars or any(isinstance(s, tf.distribute.DistributedValues)
+                                or "GPU" in (s.device or "").upper() for s in slot_vars):
+            return None  # (FusedoptVariableList has a CPU kernel only)
         key = tuple(id(s) for s in slot_vars)
         entry = self._lists.get(key)
         if entry is None:
