@@ -19,6 +19,8 @@ import tensorflow as tf
 import fusedopt.keras as fk
 from keras_helpers import (
     BATCH,
+    CASE_IDS,
+    CASES,
     assert_close,
     assert_same_training,
     compare_fit,
@@ -26,6 +28,7 @@ from keras_helpers import (
     fit,
     fused_op_probe,
     make_model,
+    optimizer_pair,
     optimizer_state,
 )
 
@@ -390,22 +393,27 @@ def test_steps_per_execution(name, kwargs):
     compare_fit(name, {"learning_rate": 0.01, **kwargs}, fit_kwargs={"steps_per_execution": 3})
 
 
-def test_apply_gradients_eager_and_in_tf_function():
-    """Direct optimizer use outside model.fit: eager and inside a tf.function."""
+@pytest.mark.parametrize("case", CASE_IDS)
+def test_apply_gradients_eager_and_in_tf_function(case):
+    """Direct optimizer use outside model.fit: eager and inside a tf.function,
+    the optimizer built by its first apply (in the trace: ScheduleFreeAdamW's
+    build assigns a slot there, which the update must follow)."""
+    _, name, kwargs = CASES[case]
     for in_function in (False, True):
         states = []
-        for cls in (keras.optimizers.Adam, fk.Adam):
+        for opt in optimizer_pair(name, **kwargs):
             variables = [keras.Variable(np.linspace(-1, 1, 12, dtype="float32").reshape(3, 4)),
                          keras.Variable(np.linspace(0, 1, 4, dtype="float32"))]
-            opt = cls(0.01)
 
             def step(k):
                 grads = [tf.sin(v.value * k) for v in variables]
                 opt.apply_gradients(zip(grads, variables))
 
             step_fn = tf.function(step) if in_function else step
-            for k in range(5):
-                step_fn(tf.constant(k + 1.0))
+            with fused_op_probe() as calls:
+                for k in range(5):
+                    step_fn(tf.constant(k + 1.0))
+            assert bool(calls) == isinstance(opt, fk.optimizers._Fused)
             states.append(([v.numpy() for v in variables], optimizer_state(opt)))
         (wa, sa), (wb, sb) = states
         for a, b in zip(wa, wb):

@@ -66,6 +66,24 @@ def test_one_fused_op_for_all_variables(n):
     assert ops[0].inputs[n].op.type == "Placeholder"  # a captured handle, made outside the step
 
 
+def test_slots_used_earlier_in_the_step_go_as_handles():
+    """A slot the function already uses (here assigned; an optimizer built in the
+    trace does that) reaches the op as its own handle, so TF orders the op after."""
+    opt = fk.Adam(0.01)
+    variable = keras.Variable(np.full((4, 3), 0.5, "float32"))
+    opt.build([variable])
+
+    @tf.function
+    def step(grad):
+        opt._momentums[0].assign(opt._momentums[0] * 0.5)
+        opt.apply_gradients([(grad, variable)])
+
+    graph = step.get_concrete_function(tf.TensorSpec((4, 3), tf.float32)).graph
+    (op,) = fused_ops(graph)
+    assert not op.get_attr("state_list") and op.get_attr("num_states") == 2
+    assert any(c.type == "AssignVariableOp" for c in op.control_inputs), op.control_inputs
+
+
 def test_graph_grows_far_slower_than_builtin():
     sizes, captures = {}, {}
     for label, make in (("keras", lambda: keras.optimizers.Adam(0.01)), ("fusedopt", lambda: fk.Adam(0.01))):
@@ -217,3 +235,15 @@ def _tests_dir():
     from pathlib import Path
 
     return Path(__file__).resolve().parent
+
+
+def test_state_list_cache_never_hands_out_another_variables_list():
+    """The cache is keyed by ids: an entry whose variables are not these (an id
+    reused after its variable was freed) is made anew, never reused."""
+    lists = fk.optimizers._StateLists()
+    first = [tf.Variable(np.zeros(3, "float32")), tf.Variable(np.ones(3, "float32"))]
+    second = [tf.Variable(np.zeros(3, "float32")), tf.Variable(np.ones(3, "float32"))]
+    handle = lists.get(first)
+    assert lists.get(first) is handle  # made once
+    lists._lists[tuple(id(v) for v in second)] = lists._lists.pop(tuple(id(v) for v in first))
+    assert lists.get(second) is not handle

@@ -22,9 +22,9 @@ namespace tensorflow {
 
 // What a FusedoptVariableList handle points to: references to its variables,
 // in the order given.
-class VariableList : public ResourceBase {
+class FusedoptVariableList : public ResourceBase {
  public:
-  explicit VariableList(std::vector<core::RefCountPtr<Var>> vars) : vars_(std::move(vars)) {}
+  explicit FusedoptVariableList(std::vector<core::RefCountPtr<Var>> vars) : vars_(std::move(vars)) {}
   const std::vector<core::RefCountPtr<Var>>& vars() const { return vars_; }
   std::string DebugString() const override {
     return strings::StrCat("FusedoptVariableList of ", vars_.size(), " variables");
@@ -110,7 +110,7 @@ class FusedUpdateOp : public OpKernel {
     for (int i = 0; i < n; ++i)
       OP_REQUIRES_OK(ctx, LookupResource(ctx, HandleFromInput(ctx, i), &vars[i]));
     if (state_list_) {
-      core::RefCountPtr<VariableList> list;
+      core::RefCountPtr<FusedoptVariableList> list;
       OP_REQUIRES_OK(ctx, LookupResource(ctx, HandleFromInput(ctx, n), &list));
       OP_REQUIRES(ctx, static_cast<int>(list->vars().size()) == num_slot_vars_,
                   errors::InvalidArgument("the state list holds ", list->vars().size(), " variables, expected ",

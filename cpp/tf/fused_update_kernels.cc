@@ -36,7 +36,7 @@ class VariableListOp : public OpKernel {
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
     out->scalar<ResourceHandle>()() =
-        ResourceHandle::MakeRefCountingHandle(new VariableList(std::move(vars)), ctx->device()->name());
+        ResourceHandle::MakeRefCountingHandle(new FusedoptVariableList(std::move(vars)), ctx->device()->name());
   }
 };
 REGISTER_KERNEL_BUILDER(Name("FusedoptVariableList").Device(DEVICE_CPU), VariableListOp);

@@ -228,17 +228,38 @@ def tf_value(x: Any) -> Any:
     return x.value if isinstance(x, keras.Variable) else x
 
 
+def device_type(x: Any) -> str:
+    """"CPU", "GPU", ... for the device of `x` (a keras.Variable, tf.Variable or
+    tensor); "CPU" where it names none."""
+    import tensorflow as tf
+
+    name = getattr(tf_value(x), "device", "") or ""
+    return (tf.DeviceSpec.from_string(name).device_type or "CPU").upper()
+
+
 def takes(x: Any, gpu: bool = False) -> bool:
     """Whether the fused ops' kernels take `x`: float32/float64 on the CPU; with
     `gpu` (the update ops, which have GPU kernels), also on a GPU where the
-    library was built with them."""
+    library was built with them and fusedopt's CUDA engine sees a device."""
     import keras
 
     if keras.backend.standardize_dtype(x.dtype) not in FUSED_DTYPES:
         return False
-    if "GPU" not in (getattr(tf_value(x), "device", "") or "").upper():
+    device = device_type(x)
+    if device == "CPU":
         return True
-    return gpu and usable() and bool(_state.get("gpu_kernels"))
+    return device == "GPU" and gpu and usable() and gpu_kernels_usable()
+
+
+def gpu_kernels_usable() -> bool:
+    """The loaded library has GPU kernels and fusedopt's CUDA engine can run
+    (its CUDA runtime found a driver and a device): else GPU variables take
+    Keras's update rather than failing in the op."""
+    if "gpu_usable" not in _state:
+        from fusedopt import _cuda
+
+        _state["gpu_usable"] = bool(_state.get("gpu_kernels")) and _cuda.device_count() > 0
+    return _state["gpu_usable"]
 
 
 def module_for(x: Any) -> Any:

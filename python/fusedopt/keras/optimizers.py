@@ -112,6 +112,10 @@ class _Fused:
     """
 
     _fuse_weight_decay = True  # Muon decays with its own per-variable rule
+    # Lamb's and Adafactor's CUDA kernels take scratch memory from the CUDA
+    # runtime, beside TensorFlow's allocator (which may hold all of the GPU's
+    # memory): on a GPU they keep Keras's update.
+    _fused_on_gpu = True
 
     def __new__(cls, *args, **kwargs):
         # Off TensorFlow, be exactly the built-in: on torch, keras.optimizers.X()
@@ -158,7 +162,7 @@ class _Fused:
         import tensorflow as tf
 
         # The GPU kernels have no fused regularization (Keras's update does it there).
-        gpu = not (self._coupled_regularization or self.proximal_l1)
+        gpu = self._fused_on_gpu and not (self._coupled_regularization or self.proximal_l1)
         return (grad is not None and not isinstance(grad, tf.IndexedSlices)
                 and _op_library.takes(variable, gpu=gpu)
                 and self._fused_variable_ok(variable))
@@ -299,8 +303,12 @@ class _StateLists:
     small variables (each captured resource costs microseconds per call).
     The parameters stay separate inputs, so TensorFlow still orders reads of
     them (EMA, constraints, the forward pass) around the update. The slots
-    are read by nothing else in a training step; a read of a slot variable in
-    the same tf.function as the update is not ordered after it.
+    are read by nothing else in a training step. Where the function being
+    traced already uses a slot (an optimizer built in this trace), the op
+    takes the slots' handles instead; a read of a slot variable later in the
+    same tf.function is not ordered after the update. (A function that
+    captures the list cannot be exported with tf.saved_model: nothing tracks
+    it. Keras's exports hold no training step.)
 
     Only for plain CPU variables made eagerly (not distributed, not on a GPU,
     not made inside a graph): elsewhere `get` returns None and the op takes
@@ -314,11 +322,13 @@ class _StateLists:
         import tensorflow as tf
 
         if not slot_vars or any(isinstance(s, tf.distribute.DistributedValues)
-                                or "GPU" in (s.device or "").upper() for s in slot_vars):
+                                or _op_library.device_type(s) != "CPU" for s in slot_vars):
             return None  # (FusedoptVariableList has a CPU kernel only)
+        if _used_in_this_function(slot_vars):
+            return None
         key = tuple(id(s) for s in slot_vars)
         entry = self._lists.get(key)
-        if entry is None:
+        if entry is None or any(a is not b for a, b in zip(entry[1], slot_vars)):
             with tf.init_scope():
                 if not tf.executing_eagerly():
                     return None
@@ -326,9 +336,24 @@ class _StateLists:
                 if any(tf.is_symbolic_tensor(h) for h in handles):
                     return None
                 handle = _op_library.load().fusedopt_variable_list(variables=handles)
-            # The variables stay referenced, so that their ids in the key stay theirs.
             entry = self._lists[key] = (handle, list(slot_vars))
         return entry[0]
+
+
+def _used_in_this_function(variables: list) -> bool:
+    """Whether the tf.function being traced already uses one of `variables`
+    (e.g. an optimizer built in this trace assigns its slots): then the op
+    takes their handles, so that TensorFlow orders it after those uses."""
+    import tensorflow as tf
+    from tensorflow.python.framework import func_graph
+
+    graph = tf.compat.v1.get_default_graph()
+    if not isinstance(graph, func_graph.FuncGraph):
+        return False
+    while isinstance(getattr(graph, "outer_graph", None), func_graph.FuncGraph):
+        graph = graph.outer_graph  # captures from the eager context live in the outermost
+    captured = {id(t) for t in graph.external_captures}
+    return any(id(v.handle) in captured for v in variables)
 
 
 def _slot(slots: Sequence[Any], optimizer: Any, variable: Any) -> Any:
@@ -503,6 +528,7 @@ class Lion(_Fused, keras.optimizers.Lion):
 @_register
 class Lamb(_AdamSlots, _Fused, keras.optimizers.Lamb):
     __doc__ = keras.optimizers.Lamb.__doc__
+    _fused_on_gpu = False
 
     def _fused_rule(self):
         return "lamb"
@@ -511,6 +537,7 @@ class Lamb(_AdamSlots, _Fused, keras.optimizers.Lamb):
 @_register
 class Adafactor(_Fused, keras.optimizers.Adafactor):
     __doc__ = keras.optimizers.Adafactor.__doc__
+    _fused_on_gpu = False
 
     def _fused_rule(self):
         return "adafactor"
