@@ -4,7 +4,8 @@ Bad input raises InvalidArgumentError and leaves every variable unchanged (the
 kernel validates everything before it writes). The cache: a corrupt cached
 library (its SHA-256 no longer matches the manifest) is rebuilt; two
 processes building into an empty cache at once both succeed, with one build.
-Each fresh build takes ~25 s, so this file does exactly two.
+Each fresh build takes ~20-30 s, so this file does exactly three (one of
+them without the GPU glue, whose compile is made to fail).
 """
 
 from __future__ import annotations
@@ -275,3 +276,31 @@ def test_cache_concurrent_build_and_corrupt_rebuild(tmp_path):
 
     # A valid entry is reused as is.
     assert _finish(_start(cache))["builds"] == 0
+    assert not list(entries[0].glob(".objects-*")), "object files left behind"
+
+
+def test_gpu_kernels_failing_to_compile_leave_a_cpu_library(tmp_path, monkeypatch):
+    """Where the GPU glue does not compile, the library is built without it and
+    the manifest says why (the CPU kernels never depend on it)."""
+    monkeypatch.setenv("FUSEDOPT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_op_library, "gpu_kernels_wanted", lambda: True)
+    compile_command = _op_library.compile_command
+
+    def failing_gpu_compile(source, output):
+        if source in _op_library._GPU_SOURCES:
+            return [sys.executable, "-c", "import sys; sys.exit('no GPU glue here')"]
+        return compile_command(source, output)
+
+    monkeypatch.setattr(_op_library, "compile_command", failing_gpu_compile)
+    path = _op_library.build()
+    manifest = json.loads((path.parent / "manifest.json").read_text())
+    assert manifest["gpu_kernels"] is False and "no GPU glue here" in manifest["gpu_error"]
+    assert manifest["sha256"] == _sha256(path)
+    assert not any(s in " ".join(manifest["command"]) for s in _op_library._GPU_SOURCES)
+    # The library links and holds the CPU kernels (checked in a fresh process: this
+    # one has the op library loaded already).
+    code = (f"import tensorflow as tf; lib = tf.load_op_library({str(path)!r}); "
+            "print('ops', hasattr(lib, 'fusedopt_adam'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert "ops True" in out.stdout, out.stderr[-3000:]

@@ -76,24 +76,46 @@ def gpu_kernels_wanted() -> bool:
     return bool(tf.test.is_built_with_cuda() and _cuda.compiled())
 
 
-def build_command(output: Path, gpu: bool | None = None) -> list[str]:
-    """The compiler command that builds the op library into `output` (with the
-    GPU kernels when `gpu`; default: where `gpu_kernels_wanted`)."""
+def _sources(gpu: bool) -> tuple[str, ...]:
+    return _SOURCES + (_GPU_SOURCES if gpu else ())
+
+
+def compile_command(source: str, output: Path) -> list[str]:
+    """The compiler command that compiles one of the op library's sources."""
     import tensorflow as tf
 
-    if gpu is None:
-        gpu = gpu_kernels_wanted()
     src = _source_dir()
-    return (
-        _compiler()
-        + ["-O2", "-fPIC", "-shared", "-w", "-DEIGEN_USE_THREADS"]
-        + list(tf.sysconfig.get_compile_flags())
-        + ["-I" + str(_PACKAGE_DIR / "include"), "-I" + str(src)]
-        + [str(src / s) for s in _SOURCES + (_GPU_SOURCES if gpu else ())]
-        + ["-o", str(output)]
-        + list(tf.sysconfig.get_link_flags())
-        + ["-L" + str(_PACKAGE_DIR), "-l:libfusedopt_engine.so", "-Wl,-rpath," + str(_PACKAGE_DIR)]
-    )
+    return (_compiler() + ["-O2", "-fPIC", "-w", "-DEIGEN_USE_THREADS"]
+            + list(tf.sysconfig.get_compile_flags())
+            + ["-I" + str(_PACKAGE_DIR / "include"), "-I" + str(src)]
+            + ["-c", str(src / source), "-o", str(output)])
+
+
+def link_command(objects: list[Path], output: Path) -> list[str]:
+    """The command that links the compiled sources into the op library."""
+    import tensorflow as tf
+
+    return (_compiler() + ["-shared"] + [str(o) for o in objects] + ["-o", str(output)]
+            + list(tf.sysconfig.get_link_flags())
+            + ["-L" + str(_PACKAGE_DIR), "-l:libfusedopt_engine.so", "-Wl,-rpath," + str(_PACKAGE_DIR)])
+
+
+def _compile_all(sources: tuple[str, ...], build_dir: Path) -> dict[str, tuple[Path, str | None]]:
+    """Compile `sources` in parallel (one process per CPU): source -> (object, error or None)."""
+    results: dict[str, tuple[Path, str | None]] = {}
+    pending = list(sources)
+    running: list[tuple[str, Path, subprocess.Popen]] = []
+    while pending or running:
+        while pending and len(running) < max(1, os.cpu_count() or 1):
+            source = pending.pop(0)
+            obj = build_dir / (source + ".o")
+            proc = subprocess.Popen(compile_command(source, obj), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, text=True)
+            running.append((source, obj, proc))
+        source, obj, proc = running.pop(0)
+        _, err = proc.communicate()
+        results[source] = (obj, None if proc.returncode == 0 else f"compiling {source} failed:\n{err[-3000:]}")
+    return results
 
 
 def cache_key() -> str:
@@ -103,8 +125,11 @@ def cache_key() -> str:
     from fusedopt import __version__
 
     h = hashlib.sha256()
+    gpu = gpu_kernels_wanted()
+    commands = [compile_command(source, Path("OBJ")) for source in _sources(gpu)]
+    commands.append(link_command([Path("OBJ")], Path("OUT")))
     for part in (__version__, tf.__version__, sys.platform, _compiler_version(_compiler()),
-                 " ".join(build_command(Path("OUT")))):
+                 *(" ".join(c) for c in commands)):
         h.update(part.encode())
         h.update(b"\0")
     for name in _SOURCES + _GPU_SOURCES + _HEADERS:
@@ -137,18 +162,21 @@ def build(force: bool = False) -> Path:
         fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=entry)
         os.close(fd)
         try:
-            manifest: dict[str, Any] = {"gpu_kernels": gpu_kernels_wanted()}
-            cmd = build_command(Path(tmp), gpu=manifest["gpu_kernels"])
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0 and manifest["gpu_kernels"]:
-                # The CPU kernels must not depend on the GPU glue compiling.
-                manifest = {"gpu_kernels": False,
-                            "gpu_error": "compiling the GPU kernels failed: " + proc.stderr[-2000:]}
-                cmd = build_command(Path(tmp), gpu=False)
+            with tempfile.TemporaryDirectory(prefix=".objects-", dir=entry) as build_dir:
+                manifest: dict[str, Any] = {"gpu_kernels": gpu_kernels_wanted()}
+                compiled = _compile_all(_sources(manifest["gpu_kernels"]), Path(build_dir))
+                for source in _GPU_SOURCES:
+                    # The CPU kernels must not depend on the GPU glue compiling.
+                    if source in compiled and compiled[source][1] is not None:
+                        manifest = {"gpu_kernels": False, "gpu_error": compiled.pop(source)[1]}
+                errors = [err for _, err in compiled.values() if err is not None]
+                if errors:
+                    raise OpLibraryError("compiling the TensorFlow op library failed:\n" + "\n".join(errors))
+                cmd = link_command([obj for obj, _ in compiled.values()], Path(tmp))
                 proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise OpLibraryError("compiling the TensorFlow op library failed:\n"
-                                     + " ".join(cmd) + "\n" + proc.stderr[-4000:])
+                if proc.returncode != 0:
+                    raise OpLibraryError("linking the TensorFlow op library failed:\n"
+                                         + " ".join(cmd) + "\n" + proc.stderr[-4000:])
             manifest.update(sha256=_sha256(Path(tmp)), command=cmd)
             os.replace(tmp, entry / _LIB_NAME)
             (entry / "manifest.json.tmp").write_text(json.dumps(manifest))
