@@ -187,9 +187,9 @@ class _Fused:
         if not self._fused_possible():
             return self._keras_update(grads, variables, learning_rate, keras_update_step,
                                       decay_deferred)
-        pairs = list(zip(grads, variables))
-        fused = [(g, v) for g, v in pairs if self._fusable(g, v)]
-        rest = [(g, v) for g, v in pairs if not self._fusable(g, v)]
+        fused, rest = [], []
+        for g, v in zip(grads, variables):  # each pair judged once (eager: every step)
+            (fused if self._fusable(g, v) else rest).append((g, v))
         if rest:
             self._keras_update([g for g, _ in rest], [v for _, v in rest], learning_rate,
                                keras_update_step, decay_deferred)
