@@ -43,6 +43,11 @@ inline py::array as_array(py::handle h, const std::string& name) {
 inline void require_layout(const py::array& a, const std::string& name, bool writable) {
   if (!(a.flags() & py::array::c_style))
     throw py::value_error(name + " must be C-contiguous");
+  // The kernels read T* directly: a view at an odd byte offset would be
+  // undefined behaviour (and a fault on some CPUs), so it is refused.
+  if (a.size() > 0 && reinterpret_cast<uintptr_t>(a.data()) % uintptr_t(a.itemsize()) != 0)
+    throw py::value_error(name + " is not aligned to its " + std::to_string(a.itemsize()) +
+                          "-byte element size (a view at an odd byte offset); pass a copy");
   if (writable && !a.writeable()) throw py::value_error(name + " is read-only");
 }
 

@@ -282,6 +282,8 @@ void require_like(const DeviceArray& a, const DeviceArray& ref, bool same_shape)
 
 void require_layout(const DeviceArray& a, bool writable) {
   if (!a.contiguous) throw py::value_error(a.name + " must be C-contiguous");
+  if (a.size > 0 && a.itemsize > 0 && reinterpret_cast<uintptr_t>(a.data) % uintptr_t(a.itemsize) != 0)
+    throw py::value_error(a.name + " is not aligned to its " + std::to_string(a.itemsize) + "-byte element size");
   if (writable && a.readonly) throw py::value_error(a.name + " is read-only");
 }
 

@@ -228,9 +228,12 @@ PYBIND11_MODULE(_core, m) {
     return out;
   }, "Every rule's hyperparameter names and state (slot) names, in order.");
   m.def("set_num_threads", [](int n) {
-    if (n < 1) throw py::value_error("num_threads must be >= 1, got " + std::to_string(n));
-    fusedopt::set_num_threads(n);
+    py::gil_scoped_release release;  // waits for a running step
+    fusedopt::set_num_threads(n);   // std::invalid_argument -> ValueError, runtime_error -> RuntimeError
   }, py::arg("num_threads"));
+  m.attr("max_threads") = kMaxThreads;
+  m.def("config_warning", &fusedopt::config_warning,
+        "Why FUSEDOPT_NUM_THREADS / OMP_NUM_THREADS was ignored, or ''.");
   m.def("get_num_threads", &fusedopt::get_num_threads);
   m.def("active_isa", &fusedopt::active_isa);
   m.def("available_isas", &fusedopt::available_isas);

@@ -6,6 +6,7 @@
 #include <vector>
 
 #ifdef FUSEDOPT_WITH_CUDA
+#include "../src/validation.h"
 #include "cuda_engine.h"
 #endif
 
@@ -33,6 +34,14 @@ int fusedopt_cuda_apply(int rule, int dtype, const fusedopt_tensor* tensors, int
   using namespace fusedopt::cuda;
   if (dtype < FUSEDOPT_FLOAT32 || dtype > FUSEDOPT_BFLOAT16)
     return fail("unknown dtype " + std::to_string(dtype));
+  if (n < 0 || (n > 0 && tensors == nullptr)) return fail("tensors must hold n >= 0 records");
+  {
+    fusedopt::Update checked;
+    checked.hyper = hyper;
+    checked.step = fusedopt::StepArgs{step, learning_rate};
+    checked.decay = decay;
+    if (auto err = fusedopt::validate_update(rule, checked); !err.empty()) return fail(err);
+  }
   std::vector<Tensor> batch(size_t(n > 0 ? n : 0));
   int device = -1;
   for (int64_t i = 0; i < n; ++i) {

@@ -1,5 +1,9 @@
 #include "engine.h"
 
+#include <pthread.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
@@ -97,26 +101,68 @@ const IsaEntry* detect_isa() {
   return &isa_table().back();
 }
 
-int default_num_threads() {
-  for (const char* var : {"FUSEDOPT_NUM_THREADS", "OMP_NUM_THREADS"}) {
-    if (const char* v = std::getenv(var)) {
-      const int n = std::atoi(v);
-      if (n > 0) return n;
-    }
-  }
-  const unsigned hw = std::thread::hardware_concurrency();
-  return hw > 0 ? int(hw) : 1;
+// A thread count from the environment: a whole number in 1..kMaxThreads,
+// else 0 (not set) and, for a set but bad value, a warning for the caller.
+int threads_from_env(const char* var, std::string* warning) {
+  const char* v = std::getenv(var);
+  if (v == nullptr || *v == '\0') return 0;
+  errno = 0;
+  char* end = nullptr;
+  const long n = std::strtol(v, &end, 10);
+  // OMP_NUM_THREADS may list one count per nesting level ("4,2"): the first is ours.
+  const bool omp_list = std::string(var) == "OMP_NUM_THREADS" && end != v && *end == ',';
+  if (errno == 0 && end != v && (*end == '\0' || omp_list) && n >= 1 && n <= kMaxThreads)
+    return int(n);
+  if (warning->empty())
+    *warning = std::string(var) + "='" + v + "' is not a whole number in 1.." +
+               std::to_string(kMaxThreads) + "; it is ignored";
+  return 0;
 }
 
+int default_num_threads(std::string* warning) {
+  for (const char* var : {"FUSEDOPT_NUM_THREADS", "OMP_NUM_THREADS"})
+    if (const int n = threads_from_env(var, warning)) return n;
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw > 0 ? int(std::min<unsigned>(hw, unsigned(kMaxThreads))) : 1;
+}
+
+void before_fork();
+void after_fork_in_parent();
+void after_fork_in_child();
+
 struct EngineState {
-  std::mutex mutex;  // serializes apply / set_num_threads / set_isa
-  std::unique_ptr<ThreadPool> pool{new ThreadPool(default_num_threads())};
+  std::mutex mutex;  // serializes apply / set_num_threads / set_isa, and fork
+  // Started at the first parallel region (and again in a forked child, whose
+  // copy of the workers does not exist).
+  std::unique_ptr<ThreadPool> pool;
+  std::string config_warning;
+  int num_threads = default_num_threads(&config_warning);
   const IsaEntry* isa = detect_isa();
+
+  EngineState() { pthread_atfork(&before_fork, &after_fork_in_parent, &after_fork_in_child); }
+
+  // Call with `mutex` held.
+  ThreadPool& running_pool() {
+    if (!pool) pool.reset(new ThreadPool(num_threads));
+    return *pool;
+  }
 };
 
 EngineState& state() {
   static EngineState s;
   return s;
+}
+
+// fork() copies only the calling thread. Holding the engine lock across it
+// means no step is half done in the child's copy of memory; the child then
+// drops its copy of the pool (its workers do not exist there: joining or
+// waking them would hang) and starts a new one at its first parallel step.
+void before_fork() { state().mutex.lock(); }
+void after_fork_in_parent() { state().mutex.unlock(); }
+void after_fork_in_child() {
+  EngineState& s = state();
+  (void)s.pool.release();  // leaked on purpose: its threads and locks are the parent's
+  s.mutex.unlock();
 }
 
 // Totals below this run on the calling thread: waking workers costs more.
@@ -156,17 +202,26 @@ void stream_roofline(DType dtype, const std::vector<std::vector<void*>>& outputs
 }
 
 void set_num_threads(int n) {
-  if (n < 1) throw std::invalid_argument("num_threads must be >= 1");
+  if (n < 1 || n > kMaxThreads)
+    throw std::invalid_argument("num_threads must be in 1.." + std::to_string(kMaxThreads) + ", got " +
+                                std::to_string(n));
   auto& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
-  if (s.pool->num_threads() != n) s.pool.reset(new ThreadPool(n));
+  if (s.pool && s.pool->num_threads() == n) return;
+  // Start the new workers before dropping the old ones: if the system cannot
+  // start them, the engine keeps the pool it had.
+  std::unique_ptr<ThreadPool> fresh(new ThreadPool(n));
+  s.pool = std::move(fresh);
+  s.num_threads = n;
 }
 
 int get_num_threads() {
   auto& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
-  return s.pool->num_threads();
+  return s.num_threads;
 }
+
+std::string config_warning() { return state().config_warning; }
 
 std::string active_isa() { return state().isa->name; }
 
@@ -221,12 +276,12 @@ void for_each_chunk(const std::vector<Chunk>& chunks, const std::function<void(s
   if (total < kParallelThreshold) {
     for (int64_t t = 0; t < num_tasks; ++t) run_task(t);
   } else {
-    state().pool->run(num_tasks, run_task);
+    state().running_pool().run(num_tasks, run_task);
   }
 }
 
 void for_each_index(size_t n, const std::function<void(size_t)>& fn) {
-  state().pool->run(int64_t(n), [&](int64_t i) { fn(size_t(i)); });
+  state().running_pool().run(int64_t(n), [&](int64_t i) { fn(size_t(i)); });
 }
 
 void run_exclusive(const std::function<void(const std::string& isa)>& fn) {

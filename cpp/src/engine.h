@@ -57,7 +57,10 @@ const std::vector<RuleInfo>& rule_table();
 const RuleInfo* find_rule(const std::string& name);
 
 // Runs one step of rule `rule_id` over every tensor of `batch`. Inputs must
-// already be validated. Not reentrant across threads: calls are serialized.
+// already be validated (validate_apply). Calls from several threads are
+// serialized. Throws what a kernel throws (std::bad_alloc) or
+// std::runtime_error when the thread pool cannot start; a fork() waits for a
+// running call, and the child starts a pool of its own.
 void apply(int rule_id, const Batch& batch, const Update& update);
 
 // The memory-bandwidth roofline for a rule: each output o_k <- o_k + input,
@@ -66,9 +69,15 @@ void apply(int rule_id, const Batch& batch, const Update& update);
 void stream_roofline(DType dtype, const std::vector<std::vector<void*>>& outputs,
                      const std::vector<const void*>& inputs, const std::vector<int64_t>& sizes);
 
-// Threads: 1 means the calling thread only.
+// Threads: 1 means the calling thread only. set_num_threads throws
+// std::invalid_argument outside 1..kMaxThreads and std::runtime_error when the
+// system cannot start the threads (the engine then keeps its pool). The
+// default is FUSEDOPT_NUM_THREADS, else OMP_NUM_THREADS, else the CPU count.
+constexpr int kMaxThreads = 1024;
 void set_num_threads(int n);
 int get_num_threads();
+// Why a thread-count environment variable was ignored, or "".
+std::string config_warning();
 
 // Instruction-set dispatch.
 std::string active_isa();

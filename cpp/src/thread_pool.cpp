@@ -1,26 +1,50 @@
 #include "thread_pool.h"
 
+#include <string>
+#include <system_error>
+
 namespace fusedopt {
 
 ThreadPool::ThreadPool(int num_threads) {
-  for (int i = 1; i < num_threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+  try {
+    workers_.reserve(size_t(num_threads > 1 ? num_threads - 1 : 0));
+    for (int i = 1; i < num_threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+  } catch (const std::exception& e) {
+    // A std::thread that is destroyed while joinable ends the process: stop
+    // the workers that did start before reporting.
+    const size_t started = workers_.size();
+    stop_and_join();
+    throw std::runtime_error("could not start " + std::to_string(num_threads) + " threads (" +
+                             std::to_string(started + 1) + " running): " + e.what());
+  }
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { stop_and_join(); }
+
+void ThreadPool::stop_and_join() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stop_ = true;
   }
   wake_.notify_all();
-  for (auto& w : workers_) w.join();
+  for (auto& w : workers_)
+    if (w.joinable()) w.join();
+  workers_.clear();
 }
 
 void ThreadPool::drain() {
   for (;;) {
     const int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
     if (i >= num_tasks_) return;
-    (*task_)(i);
-    finished_.fetch_add(1, std::memory_order_acq_rel);
+    try {
+      (*task_)(i);
+    } catch (...) {
+      // An exception escaping a worker's thread function would end the
+      // process: keep the first for `run` to rethrow, and skip the rest.
+      std::lock_guard<std::mutex> lock(error_mutex_);
+      if (!error_) error_ = std::current_exception();
+      next_.store(num_tasks_, std::memory_order_relaxed);
+    }
   }
 }
 
@@ -55,20 +79,24 @@ void ThreadPool::run(int64_t num_tasks, const std::function<void(int64_t)>& task
     task_ = &task;
     num_tasks_ = num_tasks;
     next_.store(0);
-    finished_.store(0);
+    error_ = nullptr;
     checked_in_ = 0;
     ++generation_;
   }
   wake_.notify_all();
   drain();
   // Wait until every worker has joined this region and left it again, so
-  // that no worker can carry this region's `task` into the next one.
-  std::unique_lock<std::mutex> lock(mutex_);
-  done_.wait(lock, [&] {
-    return checked_in_ == int(workers_.size()) && active_workers_ == 0 &&
-           finished_.load() == num_tasks_;
-  });
-  task_ = nullptr;
+  // that no worker can carry this region's `task` into the next one; then
+  // every task that was started has finished.
+  std::exception_ptr error;
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [&] { return checked_in_ == int(workers_.size()) && active_workers_ == 0; });
+    task_ = nullptr;
+    std::lock_guard<std::mutex> error_lock(error_mutex_);
+    std::swap(error, error_);
+  }
+  if (error) std::rethrow_exception(error);
 }
 
 }  // namespace fusedopt

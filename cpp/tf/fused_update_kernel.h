@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine_status.h"
 #include "fused_update_ops.h"
 #include "fusedopt/c_api.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -19,6 +20,27 @@
 #include "tensorflow/core/framework/resource_var.h"
 
 namespace tensorflow {
+
+// The value of a scalar input (an InvalidArgument error, not a CHECK
+// failure, when it is not one).
+template <typename T>
+absl::Status ScalarInput(OpKernelContext* ctx, int index, const char* name, T* out) {
+  const Tensor& t = ctx->input(index);
+  if (!TensorShapeUtils::IsScalar(t.shape()))
+    return errors::InvalidArgument(name, " must be a scalar, got shape ", t.shape().DebugString());
+  *out = t.scalar<T>()();
+  return absl::OkStatus();
+}
+
+// The resource handle of input `index`, which must be a scalar handle.
+inline absl::Status HandleInput(OpKernelContext* ctx, int index, const char* what, ResourceHandle* out) {
+  const Tensor& t = ctx->input(index);
+  if (t.dtype() != DT_RESOURCE || !TensorShapeUtils::IsScalar(t.shape()))
+    return errors::InvalidArgument(what, " must be a scalar resource handle, got ", DataTypeString(t.dtype()),
+                                   " of shape ", t.shape().DebugString());
+  *out = t.scalar<ResourceHandle>()();
+  return absl::OkStatus();
+}
 
 // What a FusedoptVariableList handle points to: references to its variables,
 // in the order given.
@@ -81,9 +103,11 @@ class FusedUpdateOp : public OpKernel {
       OP_REQUIRES(ctx, std::isfinite(hyper[i]), errors::InvalidArgument("hyper[", i, "] is not finite"));
     if (const char* err = fusedopt_rule_validate(rule_, hyper.data()))
       OP_REQUIRES(ctx, false, errors::InvalidArgument(err));
-    const double lr = ctx->input(hyper_input + 1).scalar<double>()();
-    const int64_t step = ctx->input(hyper_input + 2).scalar<int64_t>()();
-    const double decay = ctx->input(hyper_input + 3).scalar<double>()();
+    double lr = 0.0, decay = 0.0;
+    int64_t step = 0;
+    OP_REQUIRES_OK(ctx, ScalarInput(ctx, hyper_input + 1, "learning_rate", &lr));
+    OP_REQUIRES_OK(ctx, ScalarInput(ctx, hyper_input + 2, "step", &step));
+    OP_REQUIRES_OK(ctx, ScalarInput(ctx, hyper_input + 3, "decay", &decay));
     OP_REQUIRES(ctx, std::isfinite(lr) && lr >= 0.0,
                 errors::InvalidArgument("learning_rate must be finite and >= 0, got ", lr));
     OP_REQUIRES(ctx, !fusedopt_rule_needs_positive_learning_rate(rule_) || lr > 0.0,
@@ -107,11 +131,15 @@ class FusedUpdateOp : public OpKernel {
 
     // Look up every variable; the same variable twice would alias outputs.
     std::vector<core::RefCountPtr<Var>> vars(num_vars);
-    for (int i = 0; i < n; ++i)
-      OP_REQUIRES_OK(ctx, LookupResource(ctx, HandleFromInput(ctx, i), &vars[i]));
+    ResourceHandle handle;
+    for (int i = 0; i < n; ++i) {
+      OP_REQUIRES_OK(ctx, HandleInput(ctx, i, "params", &handle));
+      OP_REQUIRES_OK(ctx, LookupResource(ctx, handle, &vars[i]));
+    }
     if (state_list_) {
       core::RefCountPtr<FusedoptVariableList> list;
-      OP_REQUIRES_OK(ctx, LookupResource(ctx, HandleFromInput(ctx, n), &list));
+      OP_REQUIRES_OK(ctx, HandleInput(ctx, n, "states", &handle));
+      OP_REQUIRES_OK(ctx, LookupResource(ctx, handle, &list));
       OP_REQUIRES(ctx, static_cast<int>(list->vars().size()) == num_slot_vars_,
                   errors::InvalidArgument("the state list holds ", list->vars().size(), " variables, expected ",
                                           num_slot_vars_));
@@ -121,8 +149,10 @@ class FusedUpdateOp : public OpKernel {
         vars[n + j].reset(v);
       }
     } else {
-      for (int i = n; i < num_vars; ++i)
-        OP_REQUIRES_OK(ctx, LookupResource(ctx, HandleFromInput(ctx, i), &vars[i]));
+      for (int i = n; i < num_vars; ++i) {
+        OP_REQUIRES_OK(ctx, HandleInput(ctx, i, "states", &handle));
+        OP_REQUIRES_OK(ctx, LookupResource(ctx, handle, &vars[i]));
+      }
     }
     std::vector<Var*> sorted;
     sorted.reserve(num_vars);
@@ -148,6 +178,9 @@ class FusedUpdateOp : public OpKernel {
     for (int i = 0; i < n; ++i) {
       const Tensor* p = vars[i]->tensor();
       const Tensor& g = ctx->input(grads_start + i);
+      OP_REQUIRES(ctx, g.dtype() == DataTypeToEnum<T>::v(),
+                  errors::InvalidArgument("grads[", i, "] has dtype ", DataTypeString(g.dtype()), ", expected ",
+                                          DataTypeString(DataTypeToEnum<T>::v())));
       OP_REQUIRES(ctx, g.shape() == p->shape(),
                   errors::InvalidArgument("grads[", i, "] has shape ", g.shape().DebugString(),
                                           " but params[", i, "] has shape ", p->shape().DebugString()));

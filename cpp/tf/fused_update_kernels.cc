@@ -20,8 +20,9 @@ struct CpuBackend {
 
   static absl::Status Run(OpKernelContext*, int rule, int dtype, const fusedopt_tensor* tensors, int n,
                           const double* hyper, int64_t step, double lr, double decay, const double* reg) {
-    fusedopt_apply_regularized(rule, dtype, tensors, n, hyper, step, lr, decay, reg[0], reg[1], reg[2]);
-    return absl::OkStatus();
+    const int status =
+        fusedopt_apply_regularized(rule, dtype, tensors, n, hyper, step, lr, decay, reg[0], reg[1], reg[2]);
+    return EngineStatus(status, "the fused update");
   }
 };
 
@@ -31,8 +32,11 @@ class VariableListOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     std::vector<core::RefCountPtr<Var>> vars(ctx->num_inputs());
-    for (int i = 0; i < ctx->num_inputs(); ++i)
-      OP_REQUIRES_OK(ctx, LookupResource(ctx, HandleFromInput(ctx, i), &vars[i]));
+    ResourceHandle handle;
+    for (int i = 0; i < ctx->num_inputs(); ++i) {
+      OP_REQUIRES_OK(ctx, HandleInput(ctx, i, "variables", &handle));
+      OP_REQUIRES_OK(ctx, LookupResource(ctx, handle, &vars[i]));
+    }
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
     out->scalar<ResourceHandle>()() =

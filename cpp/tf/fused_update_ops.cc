@@ -7,6 +7,24 @@
 
 namespace tensorflow {
 
+// The scalars and vectors are checked here where their shapes are static,
+// and again in the kernel (eager calls and unknown shapes).
+inline absl::Status FusedUpdateShape(shape_inference::InferenceContext* c) {
+  int num_tensors = 0, num_states = 0;
+  TF_RETURN_IF_ERROR(c->GetAttr("num_tensors", &num_tensors));
+  TF_RETURN_IF_ERROR(c->GetAttr("num_states", &num_states));
+  const int hyper = 2 * num_tensors + num_states;
+  shape_inference::ShapeHandle unused;
+  shape_inference::DimensionHandle unused_dim;
+  for (int i = 0; i < num_tensors + num_states; ++i) TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 0, &unused));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(hyper), 1, &unused));
+  for (int k = 1; k <= 3; ++k) TF_RETURN_IF_ERROR(c->WithRank(c->input(hyper + k), 0, &unused));
+  shape_inference::ShapeHandle regularization;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(hyper + 4), 1, &regularization));
+  TF_RETURN_IF_ERROR(c->WithValue(c->Dim(regularization, 0), 3, &unused_dim));
+  return absl::OkStatus();
+}
+
 // params:  num_tensors resource variables, updated in place
 // states:  num_states resource variables, slot-major (slot k of tensor i at
 //          k * num_tensors + i), in Keras's slot order; or, with state_list,
@@ -30,7 +48,7 @@ namespace tensorflow {
       .Attr("num_states: int >= 0")                               \
       .Attr("state_list: bool = false")                           \
       .SetIsStateful()                                            \
-      .SetShapeFn(shape_inference::NoOutputs);
+      .SetShapeFn(FusedUpdateShape);
 
 FUSEDOPT_TF_FOR_EACH_OP(FUSEDOPT_REGISTER_OP)
 
@@ -43,6 +61,11 @@ REGISTER_OP("FusedoptVariableList")
     .Output("list: resource")
     .Attr("num_variables: int >= 0")
     .SetIsStateful()
-    .SetShapeFn(shape_inference::ScalarShape);
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle unused;
+      for (int i = 0; i < c->num_inputs(); ++i) TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 0, &unused));
+      c->set_output(0, c->Scalar());
+      return absl::OkStatus();
+    });
 
 }  // namespace tensorflow

@@ -6,6 +6,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "engine_status.h"
 #include "fusedopt/c_api.h"
 #include "fusedopt/regularizers.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -60,9 +61,10 @@ class PenaltyOp : public OpKernel {
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
     double sum_abs = 0.0, sum_squares = 0.0;
-    fusedopt_regularizer_sums(engine_dtype<T>(), x.flat<T>().data(),
-                              reference ? reference->flat<T>().data() : nullptr, x.NumElements(),
-                              &sum_abs, &sum_squares);
+    OP_REQUIRES_OK(ctx, EngineStatus(fusedopt_regularizer_sums(engine_dtype<T>(), x.flat<T>().data(),
+                                                               reference ? reference->flat<T>().data() : nullptr,
+                                                               x.NumElements(), &sum_abs, &sum_squares),
+                                     "the penalty"));
     out->scalar<T>()() = T(kSp ? fusedopt::regularizers::l2sp_penalty(sum_squares, a)
                                : fusedopt::regularizers::l1l2_penalty(sum_abs, sum_squares, a, b));
   }
@@ -78,12 +80,12 @@ class GradientOp : public OpKernel {
     OP_REQUIRES_OK(ctx, strengths<kSp>(ctx, &a, &b));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &out));
-    if (kSp)
-      fusedopt_l2sp_gradient(engine_dtype<T>(), x.flat<T>().data(), ctx->input(1).flat<T>().data(),
-                             out->flat<T>().data(), x.NumElements(), a);
-    else
-      fusedopt_l1l2_gradient(engine_dtype<T>(), x.flat<T>().data(), out->flat<T>().data(),
-                             x.NumElements(), a, b);
+    const int status =
+        kSp ? fusedopt_l2sp_gradient(engine_dtype<T>(), x.flat<T>().data(), ctx->input(1).flat<T>().data(),
+                                     out->flat<T>().data(), x.NumElements(), a)
+            : fusedopt_l1l2_gradient(engine_dtype<T>(), x.flat<T>().data(), out->flat<T>().data(),
+                                     x.NumElements(), a, b);
+    OP_REQUIRES_OK(ctx, EngineStatus(status, "the penalty gradient"));
   }
 };
 
@@ -126,11 +128,11 @@ class DropoutOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({(noise_size + 7) / 8}), &mask));
     // As TF's stateless kernels read an int64 seed: each value as uint64.
-    const char* err = fusedopt_dropout(
+    const int status = fusedopt_dropout(
         engine_dtype<T>(), x.flat<T>().data(), y->flat<T>().data(), x_dims.data(), noise_dims.data(),
         int(x_dims.size()), rate, uint64_t(seed.vec<int64_t>()(0)), uint64_t(seed.vec<int64_t>()(1)),
         nullptr, mask->flat<uint8_t>().data());
-    OP_REQUIRES(ctx, err == nullptr, errors::InvalidArgument(err ? err : ""));
+    OP_REQUIRES_OK(ctx, EngineStatus(status, "dropout"));
   }
 };
 
@@ -152,10 +154,10 @@ class DropoutGradOp : public OpKernel {
                                         ",) bytes"));
     Tensor* dx = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, dy.shape(), &dx));
-    const char* err = fusedopt_dropout(engine_dtype<T>(), dy.flat<T>().data(), dx->flat<T>().data(),
-                                       x_dims.data(), noise_dims.data(), int(x_dims.size()), rate,
-                                       0, 0, mask.flat<uint8_t>().data(), nullptr);
-    OP_REQUIRES(ctx, err == nullptr, errors::InvalidArgument(err ? err : ""));
+    const int status = fusedopt_dropout(engine_dtype<T>(), dy.flat<T>().data(), dx->flat<T>().data(),
+                                        x_dims.data(), noise_dims.data(), int(x_dims.size()), rate,
+                                        0, 0, mask.flat<uint8_t>().data(), nullptr);
+    OP_REQUIRES_OK(ctx, EngineStatus(status, "dropout's gradient"));
   }
 };
 

@@ -7,6 +7,7 @@ and engine controls; `fusedopt.ops` holds the functional in-place kernels.
 from __future__ import annotations
 
 import platform
+import warnings
 from typing import Any
 
 from fusedopt import _core, ops, regularizers
@@ -30,16 +31,29 @@ from fusedopt.optimizers import (
 
 __version__ = "0.1.0"
 
+if _core.config_warning():  # e.g. FUSEDOPT_NUM_THREADS=abc: ignored, said once at import
+    warnings.warn(f"fusedopt: {_core.config_warning()}", RuntimeWarning, stacklevel=2)
+
 
 def set_num_threads(num_threads: int) -> None:
     """Use `num_threads` threads (the caller included) in every kernel call.
 
     Results are bitwise identical for every thread count. The default is the
-    FUSEDOPT_NUM_THREADS or OMP_NUM_THREADS environment variable, else the
-    number of CPUs.
+    FUSEDOPT_NUM_THREADS or OMP_NUM_THREADS environment variable (a whole
+    number in 1..1024; any other value is ignored with a warning at import),
+    else the number of CPUs. A step running in another thread finishes
+    first. After ``fork`` the child keeps the count and starts its own threads.
+
+    Raises:
+        TypeError: `num_threads` is not an int.
+        ValueError: it is outside 1..1024.
+        RuntimeError: the system could not start the threads (the previous
+            count stays in force).
     """
     if isinstance(num_threads, bool) or not isinstance(num_threads, int):
         raise TypeError(f"num_threads must be an int, got {type(num_threads).__name__}")
+    if not 1 <= num_threads <= _core.max_threads:
+        raise ValueError(f"num_threads must be in 1..{_core.max_threads}, got {num_threads}")
     _core.set_num_threads(num_threads)
 
 

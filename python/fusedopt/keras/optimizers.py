@@ -267,7 +267,7 @@ class _Fused:
         for g, v in zip(grads, keras_vars):
             decays = bool(decay and self._use_weight_decay(v))
             device = _op_library.tf_value(v).device
-            groups.setdefault((str(v.dtype), decays, device), []).append((g, v))
+            groups.setdefault((keras.backend.standardize_dtype(v.dtype), decays, device), []).append((g, v))
         ops = []
         for (dtype, decays, _), members in groups.items():
             # tf.cast rounds a Python weight_decay to float32 first: so does
@@ -551,7 +551,7 @@ class Adafactor(_Fused, keras.optimizers.Adafactor):
 
     def _fused_variable_ok(self, variable):
         # Rank < 2 variables have 0-d r/c placeholders; they must share the dtype.
-        return all(str(s.dtype) == str(variable.dtype) for s in self._fused_slots(variable))
+        return all(keras.backend.standardize_dtype(s.dtype) == keras.backend.standardize_dtype(variable.dtype) for s in self._fused_slots(variable))
 
 
 @_register
