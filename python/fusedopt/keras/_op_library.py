@@ -29,6 +29,9 @@ it:
   and hashed; on Linux that open file is what is loaded (``/proc/self/fd``),
   so only its owner could change it in between. A missing, stale, corrupt
   or tampered entry is rebuilt, never loaded.
+- `status()` runs no compiler (no process at all): it reports whether a
+  verified entry for these sources and this TensorFlow exists, from the
+  manifests.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ _HEADERS = ("fused_update_ops.h", "fused_update_kernel.h")
 _LIB_NAME = "fusedopt_tf_ops.so"
 _MANIFEST_NAME = "manifest.json"
 _LOCK_NAME = "build.lock"
+NOT_BUILT = "not built yet"
 _PRIVATE_FIX = "set FUSEDOPT_CACHE_DIR to a private directory"
 
 _lock = threading.Lock()
@@ -553,8 +557,37 @@ def available() -> bool:
         return False
 
 
+def _cache_report() -> str:
+    """What the cache holds for this fusedopt, these sources and this TensorFlow, from the
+    entries' manifests: found without building or running a compiler (which compiler an
+    entry was built with is checked at first use)."""
+    if _state["module"] is not None:
+        return "loaded (verified against its manifest)"
+    try:
+        root = _private_root(create=False)
+        if root is None:
+            return NOT_BUILT
+        inputs = _inputs_digest()
+        for entry in sorted(root.iterdir()):
+            try:
+                _check_private(os.lstat(entry), entry, "directory")
+                if _read_manifest(entry).get("inputs") != inputs:
+                    continue
+                fd, manifest = _open_verified_library(entry, entry.name)
+                os.close(fd)
+                return f"built: {entry / _LIB_NAME} (compiler: {manifest.get('compiler')})"
+            except (OSError, OpLibraryError):
+                continue  # not a valid entry: a build replaces it
+        return NOT_BUILT
+    except OpLibraryError as err:
+        return str(err)
+    except Exception as err:  # noqa: BLE001 - a status query reports, never fails
+        return f"unknown ({type(err).__name__}: {err})"
+
+
 def status() -> dict[str, Any]:
-    """Whether the op library is built/loaded, where, and why not."""
+    """Whether the op library is loaded, where, why not, and what the cache holds ("cache");
+    never builds, loads or runs a compiler."""
     return {"loaded": _state["module"] is not None, "path": str(_state["path"]) if _state["path"] else None,
-            "error": _state["error"], "cache_dir": str(_cache_root()),
+            "error": _state["error"], "cache_dir": str(_cache_root()), "cache": _cache_report(),
             "gpu_kernels": bool(_state.get("gpu_kernels")), "gpu_error": _state.get("gpu_error")}
