@@ -107,7 +107,7 @@ def _check_private(st: os.stat_result, path: Path, kind: str) -> None:
         raise _untrusted(path, f"is owned by uid {st.st_uid}, not by this user (uid {os.getuid()})", fix)
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         mode = stat.S_IMODE(st.st_mode)
-        raise _untrusted(path, f"is writable by group or others (mode {mode:o})",
+        raise _untrusted(path, f"is writable by group or others (mode {mode:04o})",
                          f"run `chmod 700 {path}` or {fix}" if is_dir else fix)
 
 
@@ -120,7 +120,7 @@ def _check_ancestors(path: Path) -> None:
             raise _untrusted(ancestor, f"(above the cache) is owned by uid {st.st_uid}", _PRIVATE_FIX)
         if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
             raise _untrusted(ancestor, f"(above the cache) is writable by group or others and not sticky "
-                             f"(mode {stat.S_IMODE(st.st_mode):o})", _PRIVATE_FIX)
+                             f"(mode {stat.S_IMODE(st.st_mode):04o})", _PRIVATE_FIX)
 
 
 def _make_private_dirs(path: Path) -> None:
