@@ -133,7 +133,18 @@ def _cpu_model() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return platform.machine() or "unknown"  # not platform.processor(): see _platform
+
+
+def _platform() -> str:
+    """The OS, release, machine and libc, as platform.platform() says them on Linux; not
+    platform.platform() itself, whose processor field runs `uname -p` in a subprocess
+    (`fusedopt info` must start no process)."""
+    parts = [platform.system(), platform.release(), platform.machine()]
+    libc, version = platform.libc_ver()
+    if libc:
+        parts += ["with", libc + version]
+    return "-".join(part for part in parts if part)
 
 
 def _version(package: str) -> str | None:
@@ -149,7 +160,7 @@ def machine_info() -> dict[str, Any]:
         "build_info": fusedopt.build_info(),
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
+        "platform": _platform(),
         "python": platform.python_version(),
         "versions": {p: _version(p) for p in ("numpy", "tensorflow", "keras", "torch", "matplotlib")},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

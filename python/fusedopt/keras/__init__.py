@@ -6,9 +6,10 @@ Change one import::
     model.compile(optimizer=Adam(1e-3), loss=...)
 
 On the TensorFlow backend each step runs one fused in-graph op over all
-variables (built at first use against the installed TensorFlow; prebuild it
-with ``fusedopt build-ops``). Elsewhere, and under XLA, the optimizers run
-Keras's own update, with the same numbers. Every optimizer also takes fused
+variables (built at first use against the installed TensorFlow into a cache
+only the user can write, and verified before it is loaded; build it ahead of
+time with ``fusedopt build-ops`` or ``prebuild()``). Elsewhere, and under XLA,
+the optimizers run Keras's own update, with the same numbers. Every optimizer also takes fused
 ``l1=``, ``l2=`` and ``proximal_l1=`` regularization.
 
 ``fusedopt.keras.regularizers`` (``L1``, ``L2``, ``L1L2``, ``L2SP``) and
@@ -21,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from fusedopt.keras import _op_library, layers, regularizers
+from fusedopt.keras._op_library import OpLibraryError
 from fusedopt.keras.optimizers import (
     SGD,
     Adadelta,
@@ -44,17 +46,25 @@ def build_ops(force: bool = False) -> str:
     return str(_op_library.build(force=force))
 
 
+def prebuild() -> dict[str, Any]:
+    """Build (or find in the cache), verify and load the TensorFlow op library now rather
+    than at the first fused step; return `op_library_status()`.
+
+    Raises OpLibraryError saying why where it cannot be (a cache other users could
+    write, no compiler, ...); the optimizers then run Keras's own update.
+    """
+    _op_library.load()
+    return _op_library.status()
+
+
 def op_library_status() -> dict[str, Any]:
-    """Whether the op library is loaded, its path, and the error if it could not be."""
-    try:
-        _op_library.load()
-    except _op_library.OpLibraryError:
-        pass
+    """Whether the op library is loaded, its path, the error if it could not be, the cache
+    directory and what it holds. A query: it never builds, loads or runs a compiler."""
     return _op_library.status()
 
 
 __all__ = [
     "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "AdamW", "Adamax", "Nadam", "Ftrl",
-    "Lion", "Lamb", "Adafactor", "ScheduleFreeAdamW", "Muon", "build_ops", "op_library_status",
-    "layers", "regularizers",
+    "Lion", "Lamb", "Adafactor", "ScheduleFreeAdamW", "Muon", "build_ops", "prebuild",
+    "op_library_status", "OpLibraryError", "layers", "regularizers",
 ]
