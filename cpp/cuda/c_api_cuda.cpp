@@ -46,15 +46,7 @@ int fusedopt_cuda_apply(int rule, int dtype, const fusedopt_tensor* tensors, int
   int device = -1;
   for (int64_t i = 0; i < n; ++i) {
     const fusedopt_tensor& in = tensors[i];
-    Tensor& t = batch[size_t(i)];
-    t.param = in.param;
-    t.grad = in.grad;
-    for (int k = 0; k < kMaxStates; ++k) t.state[k] = in.state[k];
-    t.size = in.size;
-    t.batch = in.batch;
-    t.rows = in.rows;
-    t.cols = in.cols;
-    t.factored = in.factored != 0;
+    fusedopt::copy_tensor_record(in, &batch[size_t(i)]);
     if (device < 0 && in.size > 0) {
       std::string why;
       device = pointer_device(in.param, &why);

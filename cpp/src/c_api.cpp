@@ -138,16 +138,7 @@ int fusedopt_apply_regularized(int rule, int dtype, const fusedopt_tensor* tenso
     if (n > 0 && tensors == nullptr) return "tensors is NULL";
     batch.tensors.resize(size_t(n));
     for (int64_t i = 0; i < n; ++i) {
-      const fusedopt_tensor& in = tensors[i];
-      TensorRef& t = batch.tensors[size_t(i)];
-      t.param = in.param;
-      t.grad = in.grad;
-      for (int k = 0; k < kMaxStates; ++k) t.state[k] = in.state[k];
-      t.size = in.size;
-      t.batch = in.batch;
-      t.rows = in.rows;
-      t.cols = in.cols;
-      t.factored = in.factored != 0;
+      copy_tensor_record(tensors[i], &batch.tensors[size_t(i)]);
     }
     Update update;
     update.hyper = hyper;

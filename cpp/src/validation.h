@@ -9,8 +9,23 @@
 #include <vector>
 
 #include "engine.h"
+#include "fusedopt/c_api.h"
 
 namespace fusedopt {
+
+// The engine's tensor record (TensorRef, or the CUDA engine's) from the C
+// API's.
+template <class Record>
+void copy_tensor_record(const fusedopt_tensor& in, Record* t) {
+  t->param = in.param;
+  t->grad = in.grad;
+  for (int k = 0; k < kMaxStates; ++k) t->state[k] = in.state[k];
+  t->size = in.size;
+  t->batch = in.batch;
+  t->rows = in.rows;
+  t->cols = in.cols;
+  t->factored = in.factored != 0;
+}
 
 // A byte range of one argument, for the overlap checks.
 struct ByteSpan {
