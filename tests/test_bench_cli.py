@@ -2,7 +2,8 @@
 
 The suite runs once per module (in-process, on the "tiny" size case) and the
 tests read its outputs; bad arguments are checked through the parser, and
-one subprocess checks `python -m fusedopt`.
+one subprocess checks `python -m fusedopt`. A failing case is made by
+replacing an implementation's step (in-process, NumPy only).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import time
 import pytest
 
 import fusedopt
-from fusedopt.bench import cli, report
+from fusedopt.bench import cli, fit, impls, report
 from fusedopt.bench.rules import IMPLEMENTATIONS, RULES, SIZES
-from fusedopt.bench.suite import Config, default_skip, finish, plan
+from fusedopt.bench.suite import Config, Progress, default_skip, finish, plan
 from fusedopt.bench.timing import measure
 
 IMPLS = ["fusedopt", "numpy", "keras-function", "torch-fused"]
@@ -93,6 +94,70 @@ def test_json_schema(bench_output):
     adam = next(r for r in records if r["rule"] == "adam" and r["implementation"] == "fusedopt")
     assert adam["bytes_per_element"] == 28
     assert {"keras-function", "torch-fused", "numpy"} <= set(adam["speedup_vs"])
+
+
+def _raising_factory(rule, params, grads, dtype, seed):
+    def step():
+        raise FloatingPointError("NaN in the second moment")
+    return step
+
+
+def _unavailable_factory(rule, params, grads, dtype, seed):
+    raise impls.Unavailable("not in this build")
+
+
+@pytest.mark.parametrize("keep_going", [False, True])
+def test_a_case_that_raises_is_an_error_and_fails_the_bench(keep_going, monkeypatch, tmp_path, capsys):
+    """Bug: a case that raised was listed as skipped ("error: ...") and the bench exited 0, so CI
+    could not catch a kernel bug through `fusedopt bench`. Earlier tests ran only healthy cases.
+    `impls.Unavailable` stays a skip; --keep-going exits 0 but still lists the error."""
+    monkeypatch.setitem(impls.FACTORIES, "fusedopt", _raising_factory)
+    monkeypatch.setitem(impls.FACTORIES, "numpy", _unavailable_factory)
+    path = tmp_path / "bench.json"
+    argv = ["bench", "--quick", "--rules", "sgd", "--impls", "fusedopt,numpy", "--threads", "1", "--quiet",
+            "--json", str(path)] + (["--keep-going"] if keep_going else [])
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    assert code == (0 if keep_going else 1)
+    assert "1 case failed" in captured.err
+    errors_section = captured.out.split("Errors (1 case failed, not in the table):\n", 1)[1]
+    assert errors_section.startswith(
+        "  sgd tiny float32 t=1 fusedopt: FloatingPointError: NaN in the second moment\n")
+    skipped_section = captured.out.split("Skipped", 1)[1]
+    assert "not in this build" in skipped_section and "FloatingPointError" not in skipped_section
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    assert doc["errors"] == [{"rule": "sgd", "size_case": "tiny", "dtype": "float32", "implementation": "fusedopt",
+                              "threads": 1, "error": "FloatingPointError: NaN in the second moment"}]
+    assert [(e["implementation"], e["reason"]) for e in doc["skipped"]] == [("numpy", "not in this build")]
+    assert {r["implementation"] for r in doc["records"]} == {"roofline"}
+
+
+class _ModelWhoseFitRaises:
+    trainable_variables = [None] * 4
+
+    def fit(self, *args, **kwargs):
+        raise MemoryError("no room for the activations")
+
+
+def test_a_fit_model_that_raises_is_an_error(monkeypatch):
+    """Bug: an exception in --fit ended the whole run (no report, no JSON); now each model whose
+    fit raises is an error of its own and the run goes on."""
+    pytest.importorskip("tensorflow")
+    monkeypatch.setattr(fit, "_model", lambda optimizer, seed: _ModelWhoseFitRaises())
+    config = Config(rules=[], sizes=[], dtypes=["float32"], impls=[], threads=[1], fit=True)
+    records, errors, notes = fit.run_fit(config, Progress(2, quiet=True))
+    assert records == [] and len(notes) == 1
+    assert errors == [{"rule": "adam", "size_case": "fit", "dtype": "float32", "implementation": name,
+                       "threads": 1, "error": "MemoryError: no room for the activations"}
+                      for name in ("keras-function", "fusedopt-keras")]
+
+
+def test_a_multi_line_error_stays_under_its_case():
+    """A message of several lines (TensorFlow's) is indented under its case, one case per line."""
+    text = report.errors([{"rule": "adam", "size_case": "tiny", "dtype": "float32", "implementation": "tf-raw",
+                           "threads": 2, "error": "InvalidArgumentError: bad shape\n  in node Foo"}])
+    assert text == "  adam tiny float32 t=2 tf-raw: InvalidArgumentError: bad shape\n        in node Foo"
 
 
 def test_csv_and_png_written(bench_output):
