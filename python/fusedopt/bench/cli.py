@@ -39,9 +39,11 @@ extra cases, when this build has them: adam_l2 (fused L2 regularization, fusedop
   and dropout (fusedopt.ops.dropout vs keras.random.dropout); otherwise skipped with a note.
 --fit adds model.fit step time of a 102-variable MLP, fusedopt.keras.Adam vs keras Adam.
 exit status:
-  1 when any case raised an error (listed in the report's Errors section and the JSON's "errors");
+  1 when any case raised an error (listed in the report's Errors section and the JSON's "errors"),
+  a fusedopt-keras case (or --fit) whose step fell back to Keras's own update included;
   --keep-going exits 0 all the same (the errors are still listed); 2 for bad arguments.
-  A case an implementation cannot run here is a skip, not an error: a library missing, a rule absent.
+  A case an implementation cannot run here is a skip, not an error: a library missing, a rule
+  absent, or fusedopt-keras muon (fusedopt.keras.Muon leaves 2-D variables to Keras's Muon by design).
 output:
   a table per case (median, IQR, min-max, GB/s, fraction of roofline, speedup vs keras-function)
   and fusedopt's speedup over every baseline (each at its fastest thread count). GB/s counts

@@ -4,8 +4,10 @@ The model is an MLP of 50 hidden Dense layers (102 variables, ~0.8M
 parameters). Both models train in the same process, one epoch each in turn
 (the first round is warm-up and tracing; many short rounds, so that both
 see the same drift of a shared machine); each step is timed from
-``on_train_batch_begin`` to ``on_train_batch_end``. A model whose fit
-raises is an error instead, and stops training.
+``on_train_batch_begin`` to ``on_train_batch_end``. The fusedopt record
+says that its fused op ran (``fused``), read from the functions its first
+round traced; where fusedopt.keras fell back to Keras's update, or a model's
+fit raised, that model is an error instead and stops training.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fusedopt.bench import impls
+from fusedopt.bench import fused_op, impls
 from fusedopt.bench.suite import Case, error_entry
 from fusedopt.bench.timing import Timing
 
@@ -68,12 +70,16 @@ def run_fit(config: Any, progress: Any) -> tuple[list[dict[str, Any]], list[dict
 
     variables = len(models["keras-function"].trainable_variables)  # the same model twice
     errors: list[dict[str, Any]] = []
+    fused: dict[str, bool] = {}
     for round_ in range(ROUNDS):
         for name, model in list(models.items()):
             progress.show(f"fit {name}", f"round {round_ + 1}/{ROUNDS}")
             try:
-                model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
-                          callbacks=[Timer(times[name])])
+                with fused_op.functions_traced() as traced:  # the first round traces the train step
+                    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
+                              callbacks=[Timer(times[name])])
+                if round_ == 0 and name == "fusedopt-keras":
+                    fused[name] = fused_op.require_fused(traced, variables, "fusedopt.keras.Adam in model.fit")
             except Exception as err:  # noqa: BLE001 - as a case of the suite: reported, the run goes on
                 errors.append(error_entry(Case("adam", "fit", "float32", name, max(config.threads)), err))
                 del models[name]
@@ -87,6 +93,7 @@ def run_fit(config: Any, progress: Any) -> tuple[list[dict[str, Any]], list[dict
             "elements": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
             "tensors": len(model.trainable_variables), "repeats": len(timing.times),
             "median_s": timing.median_s, "spread": timing.spread(), "first_call_s": timing.first_call_s,
+            **({"fused": fused[name]} if name in fused else {}),
         })
         progress.show(f"fit {name}", f"{timing.median_s * 1e3:.3g} ms", advance=True)
     note = (f"fit: MLP with {LAYERS} hidden Dense({WIDTH}) layers ({variables} variables), "

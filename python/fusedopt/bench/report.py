@@ -14,7 +14,7 @@ TABLE_COLUMNS = ("rule", "size", "dtype", "thr", "implementation", "median ms", 
 BASELINES = ("keras-function", "keras-xla", "keras-eager", "tf-raw", "torch-fused", "torch-foreach", "numpy")
 CSV_COLUMNS = ("rule", "implementation", "size_case", "dtype", "threads", "elements", "tensors", "repeats",
                "median_s", "min_s", "max_s", "iqr_s", "first_call_s", "gbps", "fraction_of_roofline",
-               "speedup_vs_keras")
+               "speedup_vs_keras", "fused")
 
 
 def case_label(case: Mapping[str, Any]) -> str:

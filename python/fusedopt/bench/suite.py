@@ -7,13 +7,17 @@
   ``implementation``, ``size_case``, ``dtype``, ``threads``), the median step
   time and its spread, GB/s counted with the rule's minimal bytes, the
   fraction of the roofline measured in the same run, and speedups over the
-  Keras built-in and the other baselines measured in the same run.
+  Keras built-in and the other baselines measured in the same run. A
+  ``fusedopt-keras`` record (also of ``--fit``) has ``fused``: true, read from
+  the traced step (its fused op updated every variable).
 - ``skipped``: cases that did not run (the case fields, ``skip`` and
   ``reason``): a default skip, or an implementation that cannot run the case
   here (`impls.Unavailable`).
 - ``errors``: cases that raised (the case fields and ``error``,
-  "TypeName: message"), ``--fit``'s models too. ``fusedopt bench`` exits 1
-  when there is any, unless ``--keep-going``.
+  "TypeName: message"), ``--fit``'s models too, including a
+  ``fusedopt-keras`` case where fusedopt.keras fell back to Keras's own
+  update (then also ``fused``: false). ``fusedopt bench`` exits 1 when there
+  is any, unless ``--keep-going``.
 - ``notes`` and ``elapsed_s``.
 """
 
@@ -34,6 +38,7 @@ import numpy as np
 
 import fusedopt
 from fusedopt.bench import impls, report
+from fusedopt.bench.fused_op import KerasFallback
 from fusedopt.bench.rules import IMPLEMENTATIONS, KERAS_BASELINE, RULES, SIZES, THREAD_AWARE
 from fusedopt.bench.timing import Timing, measure
 
@@ -210,15 +215,20 @@ def error_entry(case: Case, err: Exception) -> dict[str, Any]:
     """A case that raised, for the document's ``errors``: its fields and "TypeName: message"."""
     entry: dict[str, Any] = {k: v for k, v in asdict(case).items() if k != "skip"}
     entry["error"] = f"{type(err).__name__}: {err}"
+    if isinstance(err, KerasFallback):
+        entry["fused"] = False
     return entry
 
 
-def _measure_case(case: Case, params: list, grads: list, config: Config) -> Timing:
+def _measure_case(case: Case, params: list, grads: list, config: Config) -> tuple[Timing, dict[str, Any]]:
+    """The case's timing, and the record fields saying what its step ran (`impls.what_ran`)."""
     impls.set_threads(case.threads)
-    step = impls.make_step(case.implementation, RULES[case.rule], params, grads, case.dtype, config.seed)
+    rule = RULES[case.rule]
+    step = impls.make_step(case.implementation, rule, params, grads, case.dtype, config.seed)
     try:
-        return measure(step, warmup=config.warmup, repeats=config.repeats, budget_s=config.budget_s,
-                       min_repeats=config.min_repeats)
+        timing = measure(step, warmup=config.warmup, repeats=config.repeats, budget_s=config.budget_s,
+                         min_repeats=config.min_repeats)
+        return timing, impls.what_ran(case.implementation, rule, step, len(params))
     finally:
         del step
         gc.collect()
@@ -280,8 +290,8 @@ def _run_group(group: list[Case], data: tuple[list, list], config: Config, progr
                     timing = rooflines.measure(case)
                 else:
                     rooflines.burst(case.threads)
-                    timing = _measure_case(case, *data, config)
-                    records.append(_record(case, timing))
+                    timing, what_ran = _measure_case(case, *data, config)
+                    records.append({**_record(case, timing), **what_ran})
             except impls.Unavailable as err:
                 skipped.append(dict(asdict(case), reason=str(err)))
                 progress.show(label, f"skipped: {err}", advance=True)
