@@ -7,6 +7,7 @@ suite, ``fusedopt bench --help`` for the options. From Python::
     doc = run(Config(rules=["adam"], sizes=["tiny"], dtypes=["float32"],
                      impls=["fusedopt", "numpy"], threads=[1]))
     print(report.table(doc["records"]))
+    print(report.errors(doc["errors"]))  # the cases that failed (none: empty)
 
 Every case is warmed up, then timed one step at a time; records carry the
 median and spread (min, max, IQR), GB/s with the rule's minimal bytes, the

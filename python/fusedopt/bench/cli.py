@@ -38,6 +38,12 @@ default skips (--no-skips runs them):
 extra cases, when this build has them: adam_l2 (fused L2 regularization, fusedopt's l2=)
   and dropout (fusedopt.ops.dropout vs keras.random.dropout); otherwise skipped with a note.
 --fit adds model.fit step time of a 102-variable MLP, fusedopt.keras.Adam vs keras Adam.
+exit status:
+  1 when any case raised an error (listed in the report's Errors section and the JSON's "errors"),
+  a fusedopt-keras case (or --fit) whose step fell back to Keras's own update included;
+  --keep-going exits 0 all the same (the errors are still listed); 2 for bad arguments.
+  A case an implementation cannot run here is a skip, not an error: a library missing, a rule
+  absent, or fusedopt-keras muon (fusedopt.keras.Muon leaves 2-D variables to Keras's Muon by design).
 output:
   a table per case (median, IQR, min-max, GB/s, fraction of roofline, speedup vs keras-function)
   and fusedopt's speedup over every baseline (each at its fastest thread count). GB/s counts
@@ -127,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--csv", metavar="PATH", help="write the records as CSV")
     bench.add_argument("--plot", metavar="PATH.png", help="write a bar chart of fraction of roofline")
     bench.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    bench.add_argument("--keep-going", action="store_true",
+                       help="exit 0 even when cases failed (they are still reported; see exit status)")
 
     info = sub.add_parser("info", help="ISA, threads, versions, TF op library status")
     info.add_argument("--json", action="store_true", help="print JSON")
@@ -207,6 +215,12 @@ def bench(args: argparse.Namespace) -> int:
         if path:
             write(path)
             print(f"wrote {path}", file=sys.stderr)
+    failed = len(doc["errors"])
+    if failed:
+        print(f"fusedopt bench: {failed} case{'s' if failed != 1 else ''} failed (see Errors)"
+              + ("; --keep-going: exit status 0" if args.keep_going else ""), file=sys.stderr)
+        if not args.keep_going:
+            return 1
     return 0
 
 

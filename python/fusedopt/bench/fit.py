@@ -4,7 +4,10 @@ The model is an MLP of 50 hidden Dense layers (102 variables, ~0.8M
 parameters). Both models train in the same process, one epoch each in turn
 (the first round is warm-up and tracing; many short rounds, so that both
 see the same drift of a shared machine); each step is timed from
-``on_train_batch_begin`` to ``on_train_batch_end``.
+``on_train_batch_begin`` to ``on_train_batch_end``. The fusedopt record
+says that its fused op ran (``fused``), read from the functions its first
+round traced; where fusedopt.keras fell back to Keras's update, or a model's
+fit raised, that model is an error instead and stops training.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from fusedopt.bench import impls
+from fusedopt.bench import fused_op, impls
+from fusedopt.bench.suite import Case, error_entry
 from fusedopt.bench.timing import Timing
 
 LAYERS, WIDTH, CLASSES, BATCH, STEPS, ROUNDS = 50, 128, 10, 256, 8, 11
@@ -34,13 +38,13 @@ def _model(optimizer: Any, seed: int) -> Any:
     return model
 
 
-def run_fit(config: Any, progress: Any) -> tuple[list[dict[str, Any]], list[str]]:
-    """Records for ("adam", "fit") of both optimizers, and notes."""
+def run_fit(config: Any, progress: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """Records for ("adam", "fit") of both optimizers, errors (see the module docstring), and notes."""
     problem = impls.library_problem("fusedopt-keras")
     if problem:
         progress.show("fit", "skipped", advance=True)
         progress.show("fit", "skipped", advance=True)
-        return [], [f"--fit skipped: fusedopt.keras is not available ({problem})"]
+        return [], [], [f"--fit skipped: fusedopt.keras is not available ({problem})"]
     import keras
 
     import fusedopt.keras as fk
@@ -64,11 +68,22 @@ def run_fit(config: Any, progress: Any) -> tuple[list[dict[str, Any]], list[str]
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
             self.sink.append(time.perf_counter() - self.t0)
 
+    variables = len(models["keras-function"].trainable_variables)  # the same model twice
+    errors: list[dict[str, Any]] = []
+    fused: dict[str, bool] = {}
     for round_ in range(ROUNDS):
-        for name, model in models.items():
+        for name, model in list(models.items()):
             progress.show(f"fit {name}", f"round {round_ + 1}/{ROUNDS}")
-            model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
-                      callbacks=[Timer(times[name])])
+            try:
+                with fused_op.functions_traced() as traced:  # the first round traces the train step
+                    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
+                              callbacks=[Timer(times[name])])
+                if round_ == 0 and name == "fusedopt-keras":
+                    fused[name] = fused_op.require_fused(traced, variables, "fusedopt.keras.Adam in model.fit")
+            except Exception as err:  # noqa: BLE001 - as a case of the suite: reported, the run goes on
+                errors.append(error_entry(Case("adam", "fit", "float32", name, max(config.threads)), err))
+                del models[name]
+                progress.show(f"fit {name}", f"error: {errors[-1]['error']}", advance=True)
     records = []
     for name, model in models.items():
         timing = Timing(tuple(times[name][STEPS:]), times[name][0])
@@ -78,8 +93,9 @@ def run_fit(config: Any, progress: Any) -> tuple[list[dict[str, Any]], list[str]
             "elements": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
             "tensors": len(model.trainable_variables), "repeats": len(timing.times),
             "median_s": timing.median_s, "spread": timing.spread(), "first_call_s": timing.first_call_s,
+            **({"fused": fused[name]} if name in fused else {}),
         })
         progress.show(f"fit {name}", f"{timing.median_s * 1e3:.3g} ms", advance=True)
-    note = (f"fit: MLP with {LAYERS} hidden Dense({WIDTH}) layers ({records[0]['tensors']} variables), "
+    note = (f"fit: MLP with {LAYERS} hidden Dense({WIDTH}) layers ({variables} variables), "
             f"batch {BATCH}; median model.fit step time over {STEPS * (ROUNDS - 1)} steps")
-    return records, [note]
+    return records, errors, [note]

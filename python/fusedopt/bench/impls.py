@@ -20,7 +20,7 @@ import numpy as np
 
 import fusedopt
 from fusedopt import _core
-from fusedopt.bench import reference
+from fusedopt.bench import fused_op, reference
 from fusedopt.bench.rules import DROPOUT_RATE, THREAD_AWARE, Rule
 
 Step = Callable[[], Any]
@@ -144,6 +144,14 @@ def _keras(rule: Rule, params: list, grads: list, dtype: str, seed: int, *, mode
     variables = [keras.Variable(p.copy(), dtype=dtype, name=f"w{i}") for i, p in enumerate(params)]
     tgrads = [tf.constant(g) for g in grads]
     opt.build(variables)
+    if fused:
+        # fusedopt.keras.Muon updates its Muon (matrix) variables with Keras's
+        # Muon by design: a case of them would time Keras's update, not the op.
+        by_design = [v for v in variables if not opt._fused_variable_ok(v)]
+        if by_design:
+            raise Unavailable(f"{where}.{rule.cls} keeps Keras's own update for {len(by_design)} of the "
+                              f"{len(variables)} variables by design (see its docstring), so this case "
+                              "would not time the fused op")
 
     def apply() -> None:
         gs = tgrads if not l2 else [g + (2 * l2) * v.value for g, v in zip(tgrads, variables)]
@@ -240,6 +248,18 @@ FACTORIES: dict[str, Callable[..., Step]] = {
     "torch-foreach": functools.partial(_torch, flavor="foreach"),
     "numpy": _numpy,
 }
+
+
+def what_ran(impl: str, rule: Rule, step: Step, variables: int) -> dict[str, Any]:
+    """Record fields saying what a measured `step` of `impl` ran, read from its trace.
+
+    fusedopt-keras: ``fused`` (True: the fused op updated all `variables`);
+    where fusedopt.keras fell back to Keras's update, `fused_op.KerasFallback`.
+    """
+    if impl != "fusedopt-keras":
+        return {}
+    return {"fused": fused_op.require_fused(fused_op.tf_function_nodes(step), variables,
+                                            f"fusedopt.keras.{rule.cls}")}
 
 
 def make_step(impl: str, rule: Rule, params: list, grads: list, dtype: str, seed: int = 0) -> Step:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from fusedopt.bench.rules import IMPLEMENTATIONS, RULES, SIZES
 
@@ -14,7 +14,12 @@ TABLE_COLUMNS = ("rule", "size", "dtype", "thr", "implementation", "median ms", 
 BASELINES = ("keras-function", "keras-xla", "keras-eager", "tf-raw", "torch-fused", "torch-foreach", "numpy")
 CSV_COLUMNS = ("rule", "implementation", "size_case", "dtype", "threads", "elements", "tensors", "repeats",
                "median_s", "min_s", "max_s", "iqr_s", "first_call_s", "gbps", "fraction_of_roofline",
-               "speedup_vs_keras")
+               "speedup_vs_keras", "fused")
+
+
+def case_label(case: Mapping[str, Any]) -> str:
+    """A case (record, skip or error fields) in one phrase: "adam tiny float32 t=1 fusedopt"."""
+    return f"{case['rule']} {case['size_case']} {case['dtype']} t={case['threads']} {case['implementation']}"
 
 
 def _ms(seconds: float) -> str:
@@ -94,8 +99,18 @@ def skipped(entries: Iterable[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def errors(entries: Iterable[dict[str, Any]]) -> str:
+    """One line per case that raised: the case and its error (further lines of a message indented)."""
+    lines = []
+    for e in entries:
+        first, *rest = e["error"].splitlines() or [""]
+        lines.append(f"  {case_label(e)}: {first}")
+        lines += [f"      {line}" for line in rest]
+    return "\n".join(lines)
+
+
 def render(doc: dict[str, Any]) -> str:
-    """The whole text report: machine line, table, summary, skips and notes."""
+    """The whole text report: machine line, table, summary, errors, skips and notes."""
     m = doc["machine"]
     b = m["build_info"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
@@ -111,6 +126,10 @@ def render(doc: dict[str, Any]) -> str:
         "fusedopt speedup over each baseline, same run (>1: fusedopt faster):",
         summary(doc["records"]),
     ]
+    if doc.get("errors"):
+        count = len(doc["errors"])
+        parts += ["", f"Errors ({count} case{'s' if count != 1 else ''} failed, not in the table):",
+                  errors(doc["errors"])]
     if doc.get("skipped"):
         parts += ["", "Skipped (--no-skips runs the default skips):", skipped(doc["skipped"])]
     if doc.get("notes"):

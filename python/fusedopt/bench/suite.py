@@ -1,11 +1,24 @@
 """Plan, run and post-process a benchmark suite.
 
-`run(config)` returns the JSON document: ``machine`` (what ran it),
-``config``, ``records`` (one per measured case), ``skipped`` (case and
-reason), ``notes`` and ``elapsed_s``. Each record carries the median step
-time and its spread, GB/s counted with the rule's minimal bytes, the
-fraction of the roofline measured in the same run, and speedups over the
-Keras built-in and the other baselines measured in the same run.
+`run(config)` returns the JSON document:
+
+- ``machine``: what ran it; ``config``: what was asked for.
+- ``records``: one per measured case. Each carries the case (``rule``,
+  ``implementation``, ``size_case``, ``dtype``, ``threads``), the median step
+  time and its spread, GB/s counted with the rule's minimal bytes, the
+  fraction of the roofline measured in the same run, and speedups over the
+  Keras built-in and the other baselines measured in the same run. A
+  ``fusedopt-keras`` record (also of ``--fit``) has ``fused``: true, read from
+  the traced step (its fused op updated every variable).
+- ``skipped``: cases that did not run (the case fields, ``skip`` and
+  ``reason``): a default skip, or an implementation that cannot run the case
+  here (`impls.Unavailable`).
+- ``errors``: cases that raised (the case fields and ``error``,
+  "TypeName: message"), ``--fit``'s models too, including a
+  ``fusedopt-keras`` case where fusedopt.keras fell back to Keras's own
+  update (then also ``fused``: false). ``fusedopt bench`` exits 1 when there
+  is any, unless ``--keep-going``.
+- ``notes`` and ``elapsed_s``.
 """
 
 from __future__ import annotations
@@ -24,7 +37,8 @@ from typing import Any, Sequence, TextIO
 import numpy as np
 
 import fusedopt
-from fusedopt.bench import impls
+from fusedopt.bench import impls, report
+from fusedopt.bench.fused_op import KerasFallback
 from fusedopt.bench.rules import IMPLEMENTATIONS, KERAS_BASELINE, RULES, SIZES, THREAD_AWARE
 from fusedopt.bench.timing import Timing, measure
 
@@ -208,12 +222,24 @@ def _record(case: Case, timing: Timing) -> dict[str, Any]:
     }
 
 
-def _measure_case(case: Case, params: list, grads: list, config: Config) -> Timing:
+def error_entry(case: Case, err: Exception) -> dict[str, Any]:
+    """A case that raised, for the document's ``errors``: its fields and "TypeName: message"."""
+    entry: dict[str, Any] = {k: v for k, v in asdict(case).items() if k != "skip"}
+    entry["error"] = f"{type(err).__name__}: {err}"
+    if isinstance(err, KerasFallback):
+        entry["fused"] = False
+    return entry
+
+
+def _measure_case(case: Case, params: list, grads: list, config: Config) -> tuple[Timing, dict[str, Any]]:
+    """The case's timing, and the record fields saying what its step ran (`impls.what_ran`)."""
     impls.set_threads(case.threads)
-    step = impls.make_step(case.implementation, RULES[case.rule], params, grads, case.dtype, config.seed)
+    rule = RULES[case.rule]
+    step = impls.make_step(case.implementation, rule, params, grads, case.dtype, config.seed)
     try:
-        return measure(step, warmup=config.warmup, repeats=config.repeats, budget_s=config.budget_s,
-                       min_repeats=config.min_repeats)
+        timing = measure(step, warmup=config.warmup, repeats=config.repeats, budget_s=config.budget_s,
+                         min_repeats=config.min_repeats)
+        return timing, impls.what_ran(case.implementation, rule, step, len(params))
     finally:
         del step
         gc.collect()
@@ -262,27 +288,28 @@ class _Rooflines:
 
 
 def _run_group(group: list[Case], data: tuple[list, list], config: Config, progress: Progress,
-               records: list[dict[str, Any]], skipped: list[dict[str, Any]]) -> None:
+               records: list[dict[str, Any]], skipped: list[dict[str, Any]],
+               errors: list[dict[str, Any]]) -> None:
     """Measure one (rule, size, dtype): rooflines first, then every implementation."""
     rooflines = _Rooflines(data, config)
     try:
         for case in group:
-            label = f"{case.rule} {case.size_case} {case.dtype} t={case.threads} {case.implementation}"
+            label = report.case_label(asdict(case))
             progress.show(label, "...")
             try:
                 if case.implementation == "roofline":
                     timing = rooflines.measure(case)
                 else:
                     rooflines.burst(case.threads)
-                    timing = _measure_case(case, *data, config)
-                    records.append(_record(case, timing))
+                    timing, what_ran = _measure_case(case, *data, config)
+                    records.append({**_record(case, timing), **what_ran})
             except impls.Unavailable as err:
                 skipped.append(dict(asdict(case), reason=str(err)))
                 progress.show(label, f"skipped: {err}", advance=True)
                 continue
             except Exception as err:  # noqa: BLE001 - one broken case must not end the run
-                skipped.append(dict(asdict(case), reason=f"error: {type(err).__name__}: {err}"))
-                progress.show(label, f"error: {type(err).__name__}: {err}", advance=True)
+                errors.append(error_entry(case, err))  # and `fusedopt bench` fails, see cli.bench
+                progress.show(label, f"error: {errors[-1]['error']}", advance=True)
                 continue
             progress.show(label, f"{timing.median_s * 1e3:.3g} ms (n={len(timing.times)})", advance=True)
     finally:
@@ -309,6 +336,7 @@ def run(config: Config, stream: TextIO | None = None) -> dict[str, Any]:
     skipped = [dict(asdict(c), reason=c.skip) for c in cases if c.skip is not None]
     progress = Progress(len(runnable) + (2 if config.fit else 0), config.quiet, stream)
     records: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
     try:
         for size in config.sizes:
             for dtype in config.dtypes:
@@ -317,14 +345,15 @@ def run(config: Config, stream: TextIO | None = None) -> dict[str, Any]:
                     group = [c for c in runnable if (c.size_case, c.dtype, c.rule) == (size, dtype, rule)]
                     if group:
                         data = data or make_data(size, dtype, config.seed)
-                        _run_group(group, data, config, progress, records, skipped)
+                        _run_group(group, data, config, progress, records, skipped, errors)
                         gc.collect()
                 del data
         if config.fit:
             from fusedopt.bench.fit import run_fit
 
-            fit_records, fit_notes = run_fit(config, progress)
+            fit_records, fit_errors, fit_notes = run_fit(config, progress)
             records += fit_records
+            errors += fit_errors
             notes += fit_notes
     finally:
         progress.close()
@@ -336,6 +365,7 @@ def run(config: Config, stream: TextIO | None = None) -> dict[str, Any]:
         "config": asdict(config),
         "records": records,
         "skipped": skipped,
+        "errors": errors,
         "notes": notes,
         "elapsed_s": time.perf_counter() - begin,
     }
@@ -388,4 +418,4 @@ def finish(records: list[dict[str, Any]]) -> None:
 
 
 __all__ = ["Config", "Case", "default_skip", "plan", "run", "finish", "machine_info", "make_data",
-           "Progress"]
+           "Progress", "error_entry"]
