@@ -67,10 +67,9 @@ class Optimizer:
     """Base class: parameter list, slots, iteration count, learning rate, clipping.
 
     Subclasses set the engine rule and its hyperparameters (``_rule``,
-    ``_hyper()``) and the slots they need (``_build``).
+    ``_hyper()``); the slots are the rule's states, named and ordered as the
+    engine declares them (its ``kStateNames``: Keras's slot names).
     """
-
-    _slot_names: Sequence[str] = ()
 
     def __init__(
         self,
@@ -129,6 +128,11 @@ class Optimizer:
 
     def _hyper(self) -> dict[str, float]:
         return {}
+
+    @property
+    def _slot_names(self) -> tuple[str, ...]:
+        """This optimizer's slots: its rule's states, in the engine's order."""
+        return tuple(_core.rules()[self._rule]["states"])
 
     def _build(self) -> None:
         for slot in self._slot_names:
@@ -291,7 +295,6 @@ class SGD(Optimizer):
             raise ValueError("momentum must be < 1 with dampened=True")
         self.nesterov = bool(nesterov)
         self.dampened = bool(dampened)
-        self._slot_names = ("momentum",) if self.momentum != 0 else ()
         super().__init__(params, learning_rate, **kwargs)
 
     @property
@@ -327,8 +330,6 @@ class RMSprop(Optimizer):
         self.momentum = _check_beta(momentum, "momentum")
         self.epsilon = _check_number(epsilon, "epsilon", low=0.0)
         self.centered = bool(centered)
-        self._slot_names = ("velocity",) + (("momentum",) if self.momentum > 0 else ()) + (
-            ("average_gradient",) if self.centered else ())
         super().__init__(params, learning_rate, **kwargs)
 
     @property
@@ -352,7 +353,6 @@ class Adagrad(Optimizer):
     Duchi, Hazan & Singer, JMLR 2011.
     """
 
-    _slot_names = ("accumulator",)
 
     def __init__(self, params, learning_rate: LearningRate = 0.001,
                  initial_accumulator_value: float = 0.1, epsilon: float = 1e-7, **kwargs) -> None:
@@ -385,7 +385,6 @@ class Adadelta(Optimizer):
     Slots: accumulated_grad, accumulated_delta_var. Reference: Zeiler 2012.
     """
 
-    _slot_names = ("accumulated_grad", "accumulated_delta_var")
     _rule = "adadelta"
 
     def __init__(self, params, learning_rate: LearningRate = 0.001, rho: float = 0.95,
@@ -433,7 +432,6 @@ class Adam(_AdamFamily):
                  beta_2: float = 0.999, epsilon: float = 1e-7, amsgrad: bool = False,
                  **kwargs) -> None:
         self.amsgrad = bool(amsgrad)
-        self._slot_names = ("momentum", "velocity") + (("velocity_hat",) if self.amsgrad else ())
         super().__init__(params, learning_rate, beta_1, beta_2, epsilon, **kwargs)
 
     @property
@@ -466,7 +464,6 @@ class Adamax(_AdamFamily):
     Slots: momentum, norm. Reference: Kingma & Ba, ICLR 2015, section 7.1.
     """
 
-    _slot_names = ("momentum", "norm")
     _rule = "adamax"
 
     def __init__(self, params, learning_rate: LearningRate = 0.001, beta_1: float = 0.9,
@@ -486,7 +483,6 @@ class Nadam(_AdamFamily):
     Reference: Dozat, ICLR 2016 workshop.
     """
 
-    _slot_names = ("momentum", "velocity")
     _rule = "nadam"
 
     def __init__(self, params, learning_rate: LearningRate = 0.001, beta_1: float = 0.9,
@@ -522,7 +518,6 @@ class Ftrl(Optimizer):
     Slots: accumulator, linear. Reference: McMahan et al., KDD 2013.
     """
 
-    _slot_names = ("accumulator", "linear")
     _rule = "ftrl"
 
     def __init__(self, params, learning_rate: LearningRate = 0.001, learning_rate_power: float = -0.5,
@@ -571,7 +566,6 @@ class Lion(Optimizer):
     Optimization Algorithms", NeurIPS 2023.
     """
 
-    _slot_names = ("momentum",)
     _rule = "lion"
 
     def __init__(self, params, learning_rate: LearningRate = 0.001, beta_1: float = 0.9,
@@ -599,7 +593,6 @@ class Lamb(_AdamFamily):
     count. Slots: momentum, velocity. Reference: You et al., ICLR 2020.
     """
 
-    _slot_names = ("momentum", "velocity")
     _rule = "lamb"
 
     def __init__(self, params, learning_rate: LearningRate = 0.001, beta_1: float = 0.9,
@@ -625,7 +618,6 @@ class Adafactor(Optimizer):
     does. Reference: Shazeer & Stern, ICML 2018.
     """
 
-    _slot_names = ("r", "c", "velocity")
     _rule = "adafactor"
 
     def __init__(self, params, learning_rate: LearningRate = 0.001, beta_2_decay: float = -0.8,
@@ -676,7 +668,6 @@ class ScheduleFreeAdamW(_AdamFamily):
     Defazio et al., "The Road Less Scheduled", NeurIPS 2024.
     """
 
-    _slot_names = ("momentum", "velocity")
     _rule = "schedule_free_adamw"
 
     def __init__(self, params, learning_rate: LearningRate = 0.0025, beta_1: float = 0.9,
