@@ -87,7 +87,7 @@ def test_op_copies_a_buffer_a_read_still_holds(device):
         lib.fusedopt_sgd(params=[param.handle], states=[], grads=[tf.fill((64,), 0.5)],
                          hyper=tf.zeros([0], tf.float64), learning_rate=tf.constant(0.1, tf.float64),
                          step=tf.constant(1, tf.int64), decay=tf.constant(0.0, tf.float64),
-                         regularization=tf.zeros([3], tf.float64))
+                         regularization=tf.zeros([3], tf.float64), hyper_names=[])
     np.testing.assert_array_equal(held.numpy(), before)
     np.testing.assert_allclose(param.numpy(), before - 0.05, rtol=1e-7)
 
@@ -102,7 +102,7 @@ def test_gpu_kernel_rejects_regularization_and_changes_nothing():
             lib.fusedopt_sgd(params=[param.handle], states=[], grads=[tf.ones((8,))],
                              hyper=tf.zeros([0], tf.float64), learning_rate=tf.constant(0.1, tf.float64),
                              step=tf.constant(1, tf.int64), decay=tf.constant(0.0, tf.float64),
-                             regularization=tf.constant([0.0, 0.01, 0.0], tf.float64))
+                             regularization=tf.constant([0.0, 0.01, 0.0], tf.float64), hyper_names=[])
     np.testing.assert_array_equal(param.numpy(), np.ones(8, np.float32))
 
 

@@ -25,6 +25,8 @@ import tensorflow as tf
 from fusedopt.keras import _op_library
 
 F64 = tf.float64
+FTRL_HYPER_NAMES = ["learning_rate_power", "l1_regularization_strength", "l2_regularization_strength",
+                    "l2_shrinkage_regularization_strength", "beta"]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,8 @@ def _adam_args(param, states, **overrides):
     args = dict(params=[param.handle], states=[s.handle for s in states],
                 grads=[tf.ones_like(param)], hyper=tf.constant([0.9, 0.999, 1e-7], F64),
                 learning_rate=tf.constant(0.01, F64), step=tf.constant(1, tf.int64),
-                decay=tf.constant(0.0, F64), regularization=tf.zeros([3], F64))
+                decay=tf.constant(0.0, F64), regularization=tf.zeros([3], F64),
+                hyper_names=["beta_1", "beta_2", "epsilon"])
     args.update(overrides)
     return args
 
@@ -101,6 +104,15 @@ def _bad_cases():
 
     def hyper_length(p, s):
         return "fusedopt_adam", _adam_args(p, s, hyper=tf.constant([0.9, 0.999], F64))
+
+    def hyper_names_reordered(p, s):
+        # Regression: the op took an unnamed vector checked only for its
+        # length, so swapped betas would have run silently.
+        return "fusedopt_adam", _adam_args(p, s, hyper=tf.constant([0.999, 0.9, 1e-7], F64),
+                                           hyper_names=["beta_2", "beta_1", "epsilon"])
+
+    def hyper_names_of_another_rule(p, s):
+        return "fusedopt_adam", _adam_args(p, s, hyper_names=["rho", "momentum", "epsilon"])
 
     def negative_lr(p, s):
         return "fusedopt_adam", _adam_args(p, s, learning_rate=tf.constant(-0.01, F64))
@@ -163,6 +175,7 @@ def _bad_cases():
 
     def ftrl_zero_lr(p, s):
         return "fusedopt_ftrl", _adam_args(p, s, hyper=tf.constant([-0.5, 0.0, 0.0, 0.0, 0.0], F64),
+                                           hyper_names=FTRL_HYPER_NAMES,
                                            learning_rate=tf.constant(0.0, F64))
 
     def second_tensor_bad(p, s):
@@ -174,7 +187,7 @@ def _bad_cases():
                     grads=[tf.ones_like(p), tf.ones((6,))])
         return "fusedopt_adam", args
 
-    return [grad_shape, hyper_length, negative_lr, nan_lr, same_variable_twice, param_as_its_own_slot,
+    return [grad_shape, hyper_length, hyper_names_reordered, hyper_names_of_another_rule, negative_lr, nan_lr, same_variable_twice, param_as_its_own_slot,
             bad_beta, nan_hyper, step_zero, negative_decay, negative_l2, nan_proximal_l1,
             regularization_length, slot_shape, grad_dtype, wrong_slot_count,
             state_list_too_short, state_list_holds_the_param, state_list_of_wrong_slot_shape,
@@ -226,7 +239,7 @@ BUILD_SCRIPT = textwrap.dedent(r"""
     p = tf.Variable(np.ones(4, "float32"))
     lib.fusedopt_sgd(params=[p.handle], states=[], grads=[tf.ones(4)], hyper=tf.zeros([0], tf.float64),
                      learning_rate=tf.constant(0.5, tf.float64), step=tf.constant(1, tf.int64),
-                     decay=tf.constant(0.0, tf.float64), regularization=tf.zeros([3], tf.float64))
+                     decay=tf.constant(0.0, tf.float64), regularization=tf.zeros([3], tf.float64), hyper_names=[])
     print("REPORT" + json.dumps({"builds": len(builds), "path": L.status()["path"],
                                  "value": p.numpy().tolist()}))
 """)

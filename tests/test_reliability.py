@@ -419,7 +419,7 @@ def test_tf_ops_refuse_non_scalar_inputs_instead_of_aborting():
             a = dict(params=[p.handle], states=[m.handle, v.handle], grads=[tf.ones((3, 4))],
                      hyper=tf.constant([0.9, 0.999, 1e-7], F64), learning_rate=tf.constant(0.01, F64),
                      step=tf.constant(1, tf.int64), decay=tf.constant(0.0, F64),
-                     regularization=tf.zeros([3], F64))
+                     regularization=tf.zeros([3], F64), hyper_names=["beta_1", "beta_2", "epsilon"])
             a.update(kw)
             return a
 

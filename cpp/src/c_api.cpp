@@ -115,6 +115,14 @@ int fusedopt_rule_needs_positive_learning_rate(int rule) {
   const RuleInfo* r = rule_at(rule);
   return r ? int(r->needs_positive_learning_rate) : -1;
 }
+const char* fusedopt_rule_hyper_name(int rule, int k) {
+  const RuleInfo* r = rule_at(rule);
+  return r && k >= 0 && size_t(k) < r->hyper_names.size() ? r->hyper_names[size_t(k)].c_str() : nullptr;
+}
+const char* fusedopt_rule_state_name(int rule, int k) {
+  const RuleInfo* r = rule_at(rule);
+  return r && k >= 0 && size_t(k) < r->state_names.size() ? r->state_names[size_t(k)].c_str() : nullptr;
+}
 const char* fusedopt_rule_validate(int rule, const double* hyper) {
   const RuleInfo* r = rule_at(rule);
   if (r == nullptr) return "unknown rule";

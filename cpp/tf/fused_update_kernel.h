@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_join.h"
 #include "engine_status.h"
 #include "fused_update_ops.h"
 #include "fusedopt/c_api.h"
@@ -72,6 +73,13 @@ class FusedUpdateOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("num_tensors", &num_tensors_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("num_states", &num_states_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("state_list", &state_list_));
+    std::vector<std::string> hyper_names;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("hyper_names", &hyper_names));
+    std::vector<std::string> expected;
+    for (int k = 0; const char* name = fusedopt_rule_hyper_name(rule_, k); ++k) expected.emplace_back(name);
+    OP_REQUIRES(ctx, hyper_names == expected,
+                errors::InvalidArgument(op, " takes the hyperparameters [", absl::StrJoin(expected, ", "),
+                                        "] in that order; hyper_names is [", absl::StrJoin(hyper_names, ", "), "]"));
     const int per_tensor = fusedopt_rule_num_states(rule_);
     num_slot_vars_ = per_tensor * num_tensors_;
     if (state_list_) {

@@ -30,7 +30,9 @@ inline absl::Status FusedUpdateShape(shape_inference::InferenceContext* c) {
 //          k * num_tensors + i), in Keras's slot order; or, with state_list,
 //          one FusedoptVariableList handle holding those variables in that order
 // grads:   num_tensors dense gradients
-// hyper:   the rule's hyperparameters (float64, the engine's order)
+// hyper:   the rule's hyperparameters (float64), named in order by the
+//          hyper_names attribute, which must be the rule's (checked by the
+//          kernel: a reordered or renamed list is an error, not a silent mix-up)
 // learning_rate, step (1-based), decay (decoupled weight decay factor wd * lr)
 // regularization: [l1, l2, proximal_l1], fused into the same pass (0 = off)
 #define FUSEDOPT_REGISTER_OP(op_name, rule)                       \
@@ -47,6 +49,7 @@ inline absl::Status FusedUpdateShape(shape_inference::InferenceContext* c) {
       .Attr("num_tensors: int >= 0")                              \
       .Attr("num_states: int >= 0")                               \
       .Attr("state_list: bool = false")                           \
+      .Attr("hyper_names: list(string) >= 0")                     \
       .SetIsStateful()                                            \
       .SetShapeFn(FusedUpdateShape);
 

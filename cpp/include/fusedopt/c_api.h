@@ -53,6 +53,10 @@ int fusedopt_rule_num_states(int rule);
 int fusedopt_rule_num_hyper(int rule);
 int fusedopt_rule_factored_states(int rule);
 int fusedopt_rule_needs_positive_learning_rate(int rule);
+/* The name of hyperparameter (state) k of a rule, in the rule's order; NULL
+ * when out of range. Adapters pass hyperparameters by these names. */
+const char* fusedopt_rule_hyper_name(int rule, int k);
+const char* fusedopt_rule_state_name(int rule, int k);
 /* NULL when the hyperparameters (fusedopt_rule_num_hyper(rule) values) are
  * valid, else a message naming the bad one. */
 const char* fusedopt_rule_validate(int rule, const double* hyper);

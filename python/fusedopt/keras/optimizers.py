@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import keras
 import numpy as np
 
+from fusedopt import _core
 from fusedopt.keras import _op_library
 from fusedopt.optimizers import _check_number as check_number
 
@@ -92,7 +93,7 @@ class _Fused:
     """Mixin over a Keras optimizer: the fused TensorFlow update step.
 
     Subclasses say which engine rule runs (`_fused_rule`), with which
-    hyperparameters (`_fused_hyper`, in the engine's order) and which slot
+    hyperparameters (`_fused_hyper`, by the engine's names) and which slot
     variables of a variable it updates (`_fused_slots`, Keras's order).
 
     Every optimizer also takes fusedopt's fused regularization (all 0, off,
@@ -142,7 +143,8 @@ class _Fused:
     def _fused_rule(self) -> str:
         raise NotImplementedError
 
-    def _fused_hyper(self) -> list:
+    def _fused_hyper(self) -> dict:
+        """The rule's hyperparameters by name (the engine's names: `fusedopt.ops.RULES`)."""
         raise NotImplementedError
 
     def _fused_slots(self, variable: Any) -> list:
@@ -257,10 +259,15 @@ class _Fused:
 
         lr = tf.cast(self._fused_learning_rate(learning_rate), tf.float64)
         step = tf.cast(self.iterations + 1, tf.int64)
-        hyper = self._fused_hyper()
-        hyper = (tf.stack([_float64(h) for h in hyper]) if hyper
+        rule = self._fused_rule()
+        hyper_names = _core.rules()[rule]["hyper"]
+        named = self._fused_hyper()
+        if sorted(named) != sorted(hyper_names):  # a bug in this file, not in user input
+            raise AssertionError(f"{type(self).__name__} gives {sorted(named)} for {rule}, "
+                                 f"whose hyperparameters are {hyper_names}")
+        hyper = (tf.stack([_float64(named[h]) for h in hyper_names]) if hyper_names
                  else tf.zeros([0], tf.float64))
-        op = _op_function(self._fused_rule())
+        op = _op_function(rule)
         regularization = tf.constant([self.l1, self.l2, self.proximal_l1], tf.float64)
         # One op per (dtype, decays?, device) group: usually exactly one.
         groups: dict = {}
@@ -282,7 +289,8 @@ class _Fused:
             ops.append(op(params=params, states=states,
                           grads=[tf.cast(g, dtype) for g, _ in members],
                           hyper=hyper, learning_rate=lr, step=step, decay=wd,
-                          regularization=regularization, state_list=state_list is not None))
+                          regularization=regularization, state_list=state_list is not None,
+                          hyper_names=hyper_names))
         return tf.group(*ops)
 
     @property
@@ -374,7 +382,7 @@ class SGD(_Fused, keras.optimizers.SGD):
         return "sgd_nesterov" if self.nesterov else "sgd_momentum"
 
     def _fused_hyper(self):
-        return [] if self.momentum == 0 else [_keras_cast(self.momentum)]
+        return {} if self.momentum == 0 else {"momentum": _keras_cast(self.momentum)}
 
     def _fused_slots(self, variable):
         return [] if self.momentum == 0 else [_slot(self.momentums, self, variable)]
@@ -388,7 +396,7 @@ class RMSprop(_Fused, keras.optimizers.RMSprop):
         return "rmsprop" + ("_centered" if self.centered else "") + ("_momentum" if self.momentum > 0 else "")
 
     def _fused_hyper(self):
-        return [self.rho, self.momentum, self.epsilon]
+        return {"rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon}
 
     def _fused_slots(self, variable):
         slots = [_slot(self._velocities, self, variable)]
@@ -407,7 +415,7 @@ class Adagrad(_Fused, keras.optimizers.Adagrad):
         return "adagrad"
 
     def _fused_hyper(self):
-        return [self.epsilon]
+        return {"epsilon": self.epsilon}
 
     def _fused_slots(self, variable):
         return [_slot(self._accumulators, self, variable)]
@@ -421,7 +429,7 @@ class Adadelta(_Fused, keras.optimizers.Adadelta):
         return "adadelta"
 
     def _fused_hyper(self):
-        return [self.rho, self.epsilon]
+        return {"rho": self.rho, "epsilon": self.epsilon}
 
     def _fused_slots(self, variable):
         return [_slot(self._accumulated_grads, self, variable),
@@ -434,7 +442,7 @@ class _AdamSlots:
         # here) but their bias corrections 1 - beta^t from float32-rounded
         # betas in the variable dtype; the engine computes those in double.
         # For beta_2 = 0.999 the step size differs by ~6e-6 relative.
-        return [self.beta_1, self.beta_2, self.epsilon]
+        return {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
 
     def _fused_slots(self, variable):
         slots = [_slot(self._momentums, self, variable), _slot(self._velocities, self, variable)]
@@ -467,7 +475,7 @@ class Adamax(_Fused, keras.optimizers.Adamax):
         return "adamax"
 
     def _fused_hyper(self):
-        return [self.beta_1, self.beta_2, self.epsilon]
+        return {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
 
     def _fused_slots(self, variable):
         return [_slot(self._m, self, variable), _slot(self._u, self, variable)]
@@ -481,7 +489,8 @@ class Nadam(_AdamSlots, _Fused, keras.optimizers.Nadam):
         return "nadam"
 
     def _fused_hyper(self):
-        return [_keras_cast(self.beta_1), _keras_cast(self.beta_2), self.epsilon, self._u_product]
+        return {"beta_1": _keras_cast(self.beta_1), "beta_2": _keras_cast(self.beta_2),
+                "epsilon": self.epsilon, "u_product": self._u_product}
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if not self._fused_possible():  # Keras's own (per backend) Nadam update
@@ -504,8 +513,11 @@ class Ftrl(_Fused, keras.optimizers.Ftrl):
         return "ftrl"
 
     def _fused_hyper(self):
-        return [self.learning_rate_power, self.l1_regularization_strength,
-                self.l2_regularization_strength, self.l2_shrinkage_regularization_strength, self.beta]
+        return {"learning_rate_power": self.learning_rate_power,
+                "l1_regularization_strength": self.l1_regularization_strength,
+                "l2_regularization_strength": self.l2_regularization_strength,
+                "l2_shrinkage_regularization_strength": self.l2_shrinkage_regularization_strength,
+                "beta": self.beta}
 
     def _fused_slots(self, variable):
         return [_slot(self._accumulators, self, variable), _slot(self._linears, self, variable)]
@@ -519,7 +531,7 @@ class Lion(_Fused, keras.optimizers.Lion):
         return "lion"
 
     def _fused_hyper(self):
-        return [_keras_cast(self.beta_1), _keras_cast(self.beta_2)]
+        return {"beta_1": _keras_cast(self.beta_1), "beta_2": _keras_cast(self.beta_2)}
 
     def _fused_slots(self, variable):
         return [_slot(self._momentums, self, variable)]
@@ -543,7 +555,8 @@ class Adafactor(_Fused, keras.optimizers.Adafactor):
         return "adafactor"
 
     def _fused_hyper(self):
-        return [self.beta_2_decay, self.epsilon_1, _keras_cast(self.epsilon_2), self.clip_threshold]
+        return {"beta_2_decay": self.beta_2_decay, "epsilon_1": self.epsilon_1,
+                "epsilon_2": _keras_cast(self.epsilon_2), "clip_threshold": self.clip_threshold}
 
     def _fused_slots(self, variable):
         return [_slot(self._r, self, variable), _slot(self._c, self, variable),
@@ -564,8 +577,8 @@ class ScheduleFreeAdamW(_Fused, keras.optimizers.ScheduleFreeAdamW):
     def _fused_hyper(self):
         # x_from_new_z=1: the built-in on TensorFlow recovers x from the
         # updated z (see rules/schedule_free_adamw.h); match it exactly.
-        return [_keras_cast(self.beta_1), _keras_cast(self.beta_2), _keras_cast(self.epsilon),
-                self.warmup_steps, 1.0]
+        return {"beta_1": _keras_cast(self.beta_1), "beta_2": _keras_cast(self.beta_2),
+                "epsilon": _keras_cast(self.epsilon), "warmup_steps": self.warmup_steps, "x_from_new_z": 1.0}
 
     def _fused_slots(self, variable):
         return [_slot(self._momentums, self, variable), _slot(self._velocities, self, variable)]
@@ -582,7 +595,7 @@ class Muon(_Fused, keras.optimizers.Muon):
         return "adam"
 
     def _fused_hyper(self):
-        return [self.adam_beta_1, self.adam_beta_2, self.epsilon]
+        return {"beta_1": self.adam_beta_1, "beta_2": self.adam_beta_2, "epsilon": self.epsilon}
 
     def _fused_slots(self, variable):
         index = self._get_variable_index(variable)
