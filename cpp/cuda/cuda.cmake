@@ -8,7 +8,7 @@
 # the driver library lazily, at the first CUDA call, so importing fusedopt on
 # a machine without a GPU or driver works and reports no device.
 #
-# Expects targets fusedopt_engine and _core; sets FUSEDOPT_WITH_CUDA.
+# Expects target fusedopt_engine (and _core when FUSEDOPT_PYTHON); sets FUSEDOPT_WITH_CUDA.
 
 set(FUSEDOPT_CUDA AUTO CACHE STRING "Build the CUDA kernels: AUTO, ON or OFF")
 set_property(CACHE FUSEDOPT_CUDA PROPERTY STRINGS AUTO ON OFF)
@@ -75,5 +75,7 @@ if(FUSEDOPT_WITH_CUDA)
   # never interpose on another library's CUDA runtime (PyTorch, CuPy, TF).
   target_link_options(fusedopt_engine PRIVATE "LINKER:--exclude-libs,ALL")
 
-  target_compile_definitions(_core PRIVATE FUSEDOPT_WITH_CUDA)
+  if(TARGET _core)
+    target_compile_definitions(_core PRIVATE FUSEDOPT_WITH_CUDA)
+  endif()
 endif()
