@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 import warnings
+from pathlib import Path
 from typing import Any
 
 from fusedopt import _core, ops, regularizers
@@ -87,6 +88,43 @@ def build_info() -> dict[str, Any]:
     }
 
 
+def get_include() -> str:
+    """The directory that holds ``fusedopt/c_api.h``, ``fusedopt/c_api_cuda.h`` and
+    the header-only math, for compiling against this installed fusedopt
+    (``-I$(python -c 'import fusedopt; print(fusedopt.get_include())')``), and
+    ``libfusedopt_engine.so`` is in the directory above it. With CMake, use
+    `get_cmake_dir` and the target ``fusedopt::engine`` instead.
+
+    Raises:
+        FileNotFoundError: this fusedopt has no headers (run from a source tree,
+            not installed).
+    """
+    return _installed_dir(Path("include"), "fusedopt/c_api.h")
+
+
+def get_cmake_dir() -> str:
+    """The directory that holds ``fusedoptConfig.cmake``, for
+    ``cmake -Dfusedopt_DIR=...`` (or a ``CMAKE_PREFIX_PATH`` entry), so that
+    ``find_package(fusedopt CONFIG REQUIRED)`` gives the imported target
+    ``fusedopt::engine``: this package's ``libfusedopt_engine`` and `get_include`'s
+    headers. Example: ``examples/cpp``.
+
+    Raises:
+        FileNotFoundError: this fusedopt has no CMake package config (run from a
+            source tree, not installed).
+    """
+    return _installed_dir(Path("share", "cmake", "fusedopt"), "fusedoptConfig.cmake")
+
+
+def _installed_dir(relative: Path, marker: str) -> str:
+    """`relative` under the package directory, once it is known to hold `marker`."""
+    directory = Path(__file__).resolve().parent / relative
+    if not (directory / marker).is_file():
+        raise FileNotFoundError(f"fusedopt: no {marker} in {directory}: this fusedopt is not an "
+                                f"installed build (install it with pip)")
+    return str(directory)
+
+
 __all__ = [
     "Optimizer",
     "SGD",
@@ -108,5 +146,7 @@ __all__ = [
     "build_info",
     "set_num_threads",
     "get_num_threads",
+    "get_include",
+    "get_cmake_dir",
     "__version__",
 ]
