@@ -1,19 +1,16 @@
-"""Dropout (fusedopt.ops.dropout / dropout_backward): Philox known answers, TF's
-seed -> (key, counter) mapping, outputs and masks bit-identical to
-keras.random.dropout (TF backend, CPU) over seeds, shapes, rates, dtypes and
-noise shapes, gradients equal to TF's, independence from thread count and ISA,
-and bad input rejected without side effects."""
+"""Dropout (fusedopt.ops.dropout / dropout_backward) without a framework:
+Philox known answers, outputs that follow their masks over shapes, rates and
+noise shapes, backward from the mask and from the seed, independence from
+thread count and ISA, and bad input rejected without side effects. The
+comparisons with keras.random.dropout and TF are in test_dropout_tf.py."""
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import fusedopt
 from fusedopt import _core
-from fusedopt._dropout import tf_seed
 from fusedopt.ops import dropout, dropout_backward
 from registry import assert_same_bits
 
@@ -21,6 +18,8 @@ SEEDS = [0, 1, 42, -7, 2**31 + 5, 2**40 + 3]
 SHAPES = [(1,), (7,), (64,), (1031,), (3, 5, 7), (70_001,)]  # the last spans two chunks
 RATES = [0.0, 0.1, 0.5, 0.9]
 DTYPES = [np.float32, np.float64]
+NOISE_SHAPES = [(1, 6, 5), (4, 1, 5), (4, 6, 1), (1, 1, 5), (None, 1, 5), (5,), (6, 1), (1, 1, 1),
+                (4, 1, 1), (4, 6, 5), (None, None, 1)]
 
 
 def inputs(shape, dtype, seed=0) -> np.ndarray:
@@ -31,10 +30,6 @@ def inputs(shape, dtype, seed=0) -> np.ndarray:
 
 def unpack(mask: np.ndarray, count: int) -> np.ndarray:
     return np.unpackbits(mask, bitorder="little")[:count].astype(bool)
-
-
-def keras_dropout(x, rate, seed, noise_shape=None) -> np.ndarray:
-    return np.asarray(keras.random.dropout(x, rate, noise_shape=noise_shape, seed=seed))
 
 
 # -- the generator ---------------------------------------------------------------
@@ -49,103 +44,54 @@ def test_philox_known_answers():
                                                              0x24126EA1]
 
 
-@pytest.mark.parametrize("pair", [(0, 0), (1, 0), (12345, 678), (-5, 7), (2**31 - 1, -1),
-                                  (-(2**63), 2**63 - 1)])
-def test_seed_pair_maps_to_tf_key_and_counter(pair):
-    key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=tf.constant(pair, tf.int64))
-    ours_key, ours_counter = _core.dropout_stream(*(v & (2**64 - 1) for v in pair))
-    assert int(key.numpy()[0]) == ours_key[0] | ours_key[1] << 32
-    c = [int(v) for v in counter.numpy()]
-    assert c == [ours_counter[0] | ours_counter[1] << 32, ours_counter[2] | ours_counter[3] << 32]
-
-
-def test_keras_int_seed_mapping():
-    """keras.random.dropout(seed=S): draw_seed gives int64 [S, 0], _cast_seed
-    takes floormod(., 2**31 - 2)."""
-    assert tf_seed(5) == (5, 0)
-    assert tf_seed(-7) == (2**31 - 2 - 7, 0)
-    assert tf_seed(2**31 - 2) == (0, 0)
-    assert tf_seed((3, -4)) == (3, -4)
-    x = inputs((1031,), np.float32)
-    for s in (-7, 2**31 + 5):
-        y, _ = dropout(x, 0.5, (tf_seed(s)[0], 0))
-        assert_same_bits(y, keras_dropout(x, 0.5, s), f"seed {s} as a pair")
-
-
-@pytest.mark.parametrize("pair", [(3, 9), (-1, 2**40)])
-def test_pair_seed_is_tf_stateless_dropout(pair):
-    x = inputs((4, 257), np.float32)
-    expected = tf.nn.experimental.stateless_dropout(x, 0.3, seed=tf.constant(pair, tf.int64)).numpy()
-    assert_same_bits(dropout(x, 0.3, pair)[0], expected, "pair seed")
-
-
-# -- forward against keras.random.dropout -----------------------------------------
+# -- outputs follow the mask ---------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("rate", RATES)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_matches_keras_random_dropout_bitwise(shape, rate, dtype):
+def test_output_is_the_input_scaled_where_the_mask_keeps(shape, rate, dtype):
+    """y = x / (1 - rate) where the packed mask has a 1, else 0; padding bits are 0."""
     x = inputs(shape, dtype, seed=len(shape))
     n = x.size
-    for seed in SEEDS:
+    for seed in SEEDS[:3]:
         y, mask = dropout(x, rate, seed)
-        expected = keras_dropout(x, rate, seed)
-        assert_same_bits(y, expected, f"seed {seed}")
+        assert y.dtype == dtype and y.shape == x.shape
         assert mask.dtype == np.uint8 and mask.shape == ((n + 7) // 8,)
-        np.testing.assert_array_equal(unpack(mask, n), expected.ravel() != 0, err_msg=f"mask, seed {seed}")
-        assert np.all(np.unpackbits(mask, bitorder="little")[n:] == 0)  # padding bits
+        keep = unpack(mask, n).reshape(shape)
+        np.testing.assert_array_equal(y != 0, keep, err_msg=f"seed {seed}")
+        scale = dtype(1.0) / (dtype(1.0) - dtype(rate))
+        np.testing.assert_allclose(y[keep], x[keep] * scale, rtol=4 * np.finfo(dtype).eps)
+        assert np.all(np.unpackbits(mask, bitorder="little")[n:] == 0)
     if rate == 0.0:
-        assert np.all(unpack(mask, n)) and np.array_equal(y, x)
-    else:  # the kept fraction is about 1 - rate
-        kept = np.mean(unpack(dropout(inputs((70_001,), dtype), rate, 3)[1], 70_001))
-        assert abs(kept - (1 - rate)) < 0.01
+        assert np.array_equal(y, x)
 
 
-NOISE_SHAPES = [(1, 6, 5), (4, 1, 5), (4, 6, 1), (1, 1, 5), (None, 1, 5), (5,), (6, 1), (1, 1, 1),
-                (4, 1, 1), (4, 6, 5), (None, None, 1)]
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("noise_shape", NOISE_SHAPES, ids=str)
-def test_noise_shape_matches_keras(noise_shape, dtype):
-    x = inputs((4, 6, 5), dtype, seed=2)
+def test_noise_shape_mask_broadcasts(noise_shape):
+    """One mask bit per element of the resolved noise shape, broadcast over x."""
+    x = inputs((4, 6, 5), np.float32, seed=2)
     resolved = [x.shape[i] if d is None else d for i, d in enumerate(noise_shape)]
     count = int(np.prod(resolved))
     for seed in (0, 9, 2**33):
         y, mask = dropout(x, 0.4, seed, noise_shape=noise_shape)
-        assert_same_bits(y, keras_dropout(x, 0.4, seed, noise_shape), f"seed {seed}")
         assert mask.shape == ((count + 7) // 8,)
         keep = unpack(mask, count).reshape(resolved)
         np.testing.assert_array_equal(np.broadcast_to(keep, x.shape), y != 0)
+        dx = dropout_backward(x, mask, 0.4, noise_shape=noise_shape)
+        assert_same_bits(dx, y, f"dx from the mask, seed {seed}")
+        dx = dropout_backward(x, None, 0.4, seed=seed, noise_shape=noise_shape)
+        assert_same_bits(dx, y, f"dx from the seed, seed {seed}")
 
 
-@pytest.mark.parametrize("shape,noise_shape", [((3, 70_001), (1, 70_001)), ((3, 70_001), (3, 1)),
-                                               ((2, 300, 257), (2, 1, 257)), ((5, 2, 7), (5, 1, 1))],
-                         ids=str)
-def test_large_noise_shapes_match_keras(shape, noise_shape):
-    x = inputs(shape, np.float32, seed=4)
-    y, mask = dropout(x, 0.25, 77, noise_shape=noise_shape)
-    assert_same_bits(y, keras_dropout(x, 0.25, 77, noise_shape), "large noise shape")
+def test_empty_and_scalar_shapes():
+    y, mask = dropout(np.zeros((0, 3), np.float32), 0.5, 1)
+    assert y.shape == (0, 3) and mask.shape == (0,)
+    y, mask = dropout(np.array(2.0, np.float32), 0.5, 1)
+    assert y.shape == () and mask.shape == (1,)
+    assert float(y) in (0.0, 4.0) and (mask[0] == 1) == (float(y) == 4.0)
 
 
 # -- backward ------------------------------------------------------------------------
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("noise_shape", [None, (1, 257), (3, 1)], ids=str)
-def test_backward_matches_tf_gradient_from_mask_and_from_seed(noise_shape, dtype):
-    x = inputs((3, 257), dtype, seed=5)
-    dy = inputs((3, 257), dtype, seed=6)
-    xt = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(xt)
-        out = keras.random.dropout(xt, 0.3, noise_shape=noise_shape, seed=11)
-    expected = tape.gradient(out, xt, output_gradients=tf.constant(dy)).numpy()
-    _, mask = dropout(x, 0.3, 11, noise_shape=noise_shape)
-    from_mask = dropout_backward(dy, mask, 0.3, noise_shape=noise_shape)
-    from_seed = dropout_backward(dy, None, 0.3, seed=11, noise_shape=noise_shape)
-    assert_same_bits(from_mask, expected, "dx from the packed mask")
-    assert_same_bits(from_seed, expected, "dx regenerated from the seed")
-
 
 def test_backward_with_mask_is_forward_of_dy():
     dy = inputs((70_001,), np.float32, seed=8)
@@ -172,15 +118,6 @@ def test_thread_count_and_isa_do_not_change_bits(noise_shape):
         assert_same_bits(y, y0, f"y with {threads} threads on {isa}")
         assert_same_bits(mask, m0, f"mask with {threads} threads on {isa}")
         assert_same_bits(dx, d0, f"dx with {threads} threads on {isa}")
-
-
-def test_empty_and_scalar_inputs():
-    y, mask = dropout(np.zeros((0, 3), np.float32), 0.5, 1)
-    assert y.shape == (0, 3) and mask.shape == (0,)
-    x = np.array(2.0, np.float32)
-    y, mask = dropout(x, 0.5, 1)
-    assert y.shape == () and mask.shape == (1,)
-    assert_same_bits(y, keras_dropout(x, 0.5, 1), "0-d")
 
 
 # -- bad input -----------------------------------------------------------------------
