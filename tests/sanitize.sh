@@ -80,6 +80,9 @@ else
       test_soak.py) continue ;;
       # Runs examples/, which use Keras.
       test_training_examples.py) continue ;;
+      # Configures and compiles examples/cpp and the engine with cmake and
+      # the system compiler: the packaging, none of the sanitized code.
+      test_cpp_package.py) continue ;;
     esac
     needs_framework "$f" || tests+=("$f")
   done
@@ -92,9 +95,18 @@ else
       fuzz_scripts+=("$f")
     fi
   done
-  # test_cuda_sources_compile checks nvcc's front end on cpp/cuda, none of
-  # the sanitized code, and takes minutes.
-  deselect=(--deselect tests/test_cuda.py::test_cuda_sources_compile)
+  deselect=(
+    # nvcc's front end on cpp/cuda: none of the sanitized code, and minutes.
+    --deselect tests/test_cuda.py::test_cuda_sources_compile
+    # They cap the address space (RLIMIT_AS) to make allocations fail; ASan
+    # maps terabytes of shadow memory and its allocator aborts on failure
+    # rather than throwing std::bad_alloc, so they cannot hold under it.
+    --deselect tests/test_reliability.py::test_thread_start_failure_is_a_runtime_error
+    --deselect tests/test_reliability.py::test_exception_inside_a_pool_task_reaches_the_caller
+    # TensorFlow in a child process: framework tests.
+    --deselect tests/test_reliability.py::test_tf_ops_refuse_non_scalar_inputs_instead_of_aborting
+    --deselect tests/test_reliability.py::test_keras_optimizer_applies_to_raw_tf_variables
+  )
 fi
 
 # -- run ------------------------------------------------------------------------
