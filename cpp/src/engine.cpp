@@ -223,7 +223,11 @@ int get_num_threads() {
 
 std::string config_warning() { return state().config_warning; }
 
-std::string active_isa() { return state().isa->name; }
+std::string active_isa() {
+  auto& s = state();
+  std::lock_guard<std::mutex> lock(s.mutex);  // set_isa writes it under the lock
+  return s.isa->name;
+}
 
 std::vector<std::string> available_isas() {
   std::vector<std::string> out;
