@@ -569,3 +569,16 @@ def test_clipping_validates_grads_before_copying_them(case, bad, clip):
     exc, match, make_bad = BAD_GRADS[bad]
     bad_grads = make_bad(grads, 1)
     rejected(opt, exc, match.format(i=1), lambda: opt.step(bad_grads), bad_grads)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clipvalue_keeps_a_0d_grad_an_array(dtype):
+    """Regression (found by tests/fuzz/fuzz_numpy.py): clipvalue clipped with
+    np.clip, which turns a 0-d array into a NumPy scalar, so the engine
+    rejected the clipped grad of a 0-d parameter ("grads[0] must be a
+    numpy.ndarray ..., got float32"). The validation tests clip only 1-D and
+    2-D grads."""
+    w = np.array(1.0, dtype)
+    opt = fusedopt.SGD([w], learning_rate=0.5, clipvalue=0.25)
+    opt.step([np.array(3.0, dtype)])
+    assert w.shape == () and w == dtype(1.0 - 0.5 * 0.25)

@@ -189,7 +189,8 @@ class Optimizer:
             return _cuda.clip(grads, self.clipvalue, self.clipnorm, self.global_clipnorm)
         grads = [np.array(g, copy=True) for g in grads]
         if self.clipvalue is not None:
-            grads = [np.clip(g, -self.clipvalue, self.clipvalue) for g in grads]
+            for g in grads:  # in place: np.clip of a 0-d array returns a scalar, not an array
+                np.clip(g, -self.clipvalue, self.clipvalue, out=g)
         if self.clipnorm is not None:
             for g in grads:
                 norm = float(np.sqrt(np.sum(np.square(g, dtype=np.float64))))
