@@ -582,3 +582,22 @@ def test_clipvalue_keeps_a_0d_grad_an_array(dtype):
     opt = fusedopt.SGD([w], learning_rate=0.5, clipvalue=0.25)
     opt.step([np.array(3.0, dtype)])
     assert w.shape == () and w == dtype(1.0 - 0.5 * 0.25)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_misaligned_param_is_rejected_by_the_constructor(case):
+    """Regression (found by tests/fuzz/fuzz_numpy.py): the constructor checked
+    dtype, contiguity and writability but not alignment, so a float32 view at
+    an odd byte offset of a buffer was accepted (undefined behaviour in the
+    engine). BAD_PARAMS had no misaligned array."""
+    shapes = SHAPES[case.kind]
+    params = [np.ones(s, np.float32) for s in shapes]
+    n = int(np.prod(shapes[1]))
+    params[1] = np.ndarray(shapes[1], np.float32, buffer=bytearray(4 * n + 5), offset=1)
+    params[1][...] = 1.0
+    assert not params[1].flags.aligned
+    before = copies(params)
+    with pytest.raises(ValueError, match=r"params\[1\] is not aligned"):
+        case.make(params)
+    for a, b in zip(params, before):
+        assert_same_bits(a, b, "params")

@@ -101,6 +101,8 @@ class Optimizer:
                 raise TypeError(f"params[{i}] has dtype {p.dtype} but params[0] has {self.params[0].dtype}")
             if not p.flags.c_contiguous:
                 raise ValueError(f"params[{i}] must be C-contiguous")
+            if not p.flags.aligned:  # the engine's vector loads need dtype alignment
+                raise ValueError(f"params[{i}] is not aligned to its dtype ({p.dtype.itemsize} bytes)")
             if not p.flags.writeable:
                 raise ValueError(f"params[{i}] is read-only")
         if callable(learning_rate):
