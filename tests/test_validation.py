@@ -601,3 +601,18 @@ def test_misaligned_param_is_rejected_by_the_constructor(case):
         case.make(params)
     for a, b in zip(params, before):
         assert_same_bits(a, b, "params")
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400)], ids=["huge", "-huge"])
+def test_int_too_large_for_a_double_is_a_value_error(value):
+    """Regression (found by tests/fuzz/fuzz_numpy.py): float() of such an int
+    raises OverflowError, which escaped the optimizers' argument checks
+    (neither TypeError nor ValueError, and naming no argument)."""
+    params = [np.ones(3, np.float32)]
+    for kwargs, name in [({"learning_rate": value}, "learning_rate"), ({"beta_1": value}, "beta_1"),
+                         ({"weight_decay": value}, "weight_decay")]:
+        with pytest.raises(ValueError, match=f"{name} must be finite"):
+            fusedopt.Adam(params, **kwargs)
+    opt = fusedopt.Adam(params)
+    with pytest.raises(ValueError, match="learning_rate must be finite"):
+        opt.learning_rate = value

@@ -49,7 +49,10 @@ def _check_number(value: Any, name: str, *, low: float | None = None, high: floa
                   low_open: bool = False, high_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    x = float(value)
+    try:
+        x = float(value)
+    except OverflowError:  # an int too large for a double
+        raise ValueError(f"{name} must be finite, got an int of {int(value).bit_length()} bits") from None
     if not math.isfinite(x):
         raise ValueError(f"{name} must be finite, got {x}")
     if low is not None and (x < low or (low_open and x == low)):
