@@ -79,14 +79,15 @@ REG_STRUCTURE = ["w-not-array", "list-vs-single", "short", "w0-not-list", "out-n
 
 
 @st.composite
-def regularizer_call(draw, misaligned: bool = False, hard_scalar: bool = False):
+def regularizer_call(draw, misaligned: bool = False, hard_scalar: bool = False, non_finite: bool = False):
     fn = draw(st.sampled_from(FUNCTIONS), label="function")
     dtype = draw(st.sampled_from(FLOAT_DTYPES), label="dtype")
     single = draw(mostly(False, [True], 3), label="single array")
     n = 1 if single else draw(st.sampled_from([1, 2, 3, 0, 1, 2, 3]), label="num_arrays")
     shape_list = [draw(shapes(), label=f"shape[{i}]") for i in range(n)]
     names = ARRAYS[fn]
-    values = {(a, 0, i): draw(VALUE_KINDS) for a, _, _ in names for i in range(n)}
+    kinds = st.sampled_from(["normal", "special"]) if non_finite else VALUE_KINDS
+    values = {(a, 0, i): draw(kinds) for a, _, _ in names for i in range(n)}
     new_weight = {i: draw(mostly(False, [True], 3)) for i in range(n)} if fn.startswith("l2sp") else {}
     scalars = {s: draw(st.one_of(st.just(0.0), float_in(0.0, 1.0), float_in(0.0, 0.1)), label=s)
                for s in SCALARS[fn]}
@@ -95,6 +96,8 @@ def regularizer_call(draw, misaligned: bool = False, hard_scalar: bool = False):
                 seed=draw(st.integers(0, 2**32 - 1), label="seed"), threads=draw(st.integers(1, 3)),
                 isa=draw(st.sampled_from(ISAS)), faults=[])
     keys = [(a, 0, i) for a, _, _ in names for i in range(n) if a != "out" or plan["out_given"]]
+    if non_finite:
+        return plan
     if misaligned:
         if keys:
             plan["faults"] = [{"kind": "array", "array": draw(array_fault(keys, ["misaligned"]))}]
@@ -119,14 +122,17 @@ def regularizer_call(draw, misaligned: bool = False, hard_scalar: bool = False):
 
 
 def regularizer_reference(fn: str, arrays: dict, scalars: dict, dtype):
-    """The docstrings' formulas, in `dtype` (float64: the reference)."""
+    """The docstrings' formulas, in `dtype` (float64: the reference). L1L2
+    as keras.regularizers.L1L2 computes it: a zero strength's term is left
+    out (not 0 * inf = NaN for an infinite weight)."""
     w = [np.asarray(a, dtype) for a in arrays["w"]]
     w0 = [None if a is None else np.asarray(a, dtype) for a in arrays.get("w0", [None] * len(w))]
+    l1, l2 = scalars.get("l1", 0.0), scalars.get("l2", 0.0)
     with quiet():
         if fn == "l1l2_penalty":
-            return sum(scalars["l1"] * np.sum(np.abs(x)) + scalars["l2"] * np.sum(x * x) for x in w)
+            return sum((l1 * np.sum(np.abs(x)) if l1 else 0.0) + (l2 * np.sum(x * x) if l2 else 0.0) for x in w)
         if fn == "l1l2_gradient":
-            return [scalars["l1"] * np.sign(x) + 2 * scalars["l2"] * x for x in w]
+            return [(l1 * np.sign(x) if l1 else 0 * x) + (2 * l2 * x if l2 else 0) for x in w]
         if fn == "proximal_step_":
             lr, l1, l2 = scalars["learning_rate"], scalars["l1"], scalars["l2"]
             out = []
@@ -155,8 +161,10 @@ def run_regularizer_example(plan: dict, test: str) -> None:
             if may_be_none and plan["new_weight"].get(i):
                 group.append(None)
             else:
-                group.append(make_array(memory, random_values(rng, s, plan["values"][(name, 0, i)]), dtype,
-                                        fault, (name, 0, i), rng))
+                kind = plan["values"][(name, 0, i)]
+                v = sprinkle(rng, random_values(rng, s, "normal"), specials()) if kind == "special" \
+                    else random_values(rng, s, kind)
+                group.append(make_array(memory, v, dtype, fault, (name, 0, i), rng))
         arrays[name] = group
     for f in plan["faults"]:
         if f["kind"] == "aliasing" and f["pair"][0] in arrays and f["pair"][1] in arrays:
@@ -205,7 +213,7 @@ def run_regularizer_example(plan: dict, test: str) -> None:
         if fn.endswith("penalty"):  # sums in double: close to the exact sum
             assert isinstance(result, float), f"{fn} returned {type(result).__name__}"
             tol = 1e-12 * abs(exact) + 1e-300
-            if not (result == exact or abs(result - exact) <= tol):
+            if not (result == exact or abs(result - exact) <= tol or (np.isnan(result) and np.isnan(exact))):
                 raise failure("wrong result", fn)(f"{fn}: {result!r} vs {exact!r}")
             return
         if fn == "proximal_step_":
@@ -270,10 +278,19 @@ def regularizer_faults(fn: str, dtype, args: dict, scalars: dict) -> list[Fault]
     return faults
 
 
-@fuzz_settings(500)
+@fuzz_settings(1000)
 @given(regularizer_call())
 def test_regularizers_match_reference_or_reject(plan):
     run_regularizer_example(plan, "regularizers")
+
+
+@fuzz_settings(200)
+@given(regularizer_call(non_finite=True))
+def test_regularizers_propagate_non_finite_values_like_keras(plan):
+    """NaN and infinities in the weights (and starting points, gradients,
+    outputs' old contents) give what Keras's L1/L2/L1L2 and the documented
+    formulas give."""
+    run_regularizer_example(plan, "regularizers, non-finite values")
 
 
 # -- dropout ------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from fuzz_numpy import (  # noqa: E402
     KERNEL_DEFAULTS,
     VALID_HYPER,
     VALID_HYPER_FOR,
+    assert_call_matches,
     assert_matches,
     initial_states,
     kernel_hyper_range,
@@ -39,6 +40,7 @@ from fuzz_numpy import (  # noqa: E402
 )
 from fuzz_regularizers_dropout import keep_mask  # noqa: E402
 from fuzzlib import (  # noqa: E402
+    FTRL_LEARNING_RATES,
     VALUE_KINDS,
     Fault,
     describe,
@@ -192,7 +194,7 @@ def update_call(draw, scalar_shapes: bool = False):
     for name in F.RULES[rule]["hyper"]:
         valid = VALID_HYPER_FOR.get((rule, name), VALID_HYPER[name])
         hyper[name] = float(draw(valid, label=name))
-    lr = draw(float_in(1e-4, 1.0, [0.01]) if rule == "ftrl" else float_in(0.0, 1.0, [0.0, 0.01]), label="lr")
+    lr = draw(FTRL_LEARNING_RATES if rule == "ftrl" else float_in(0.0, 1.0, [0.0, 0.01]), label="lr")
     reg = [draw(st.one_of(st.just(0.0), st.just(0.0), float_in(0.0, 0.05)), label=k) for k in ("l1", "l2", "prox")]
     plan = dict(rule=rule, dtype=dtype, shapes=shape_list, hyper=hyper, lr=lr,
                 step=draw(st.one_of(st.integers(1, 20), st.just(2**40)), label="step"),
@@ -386,16 +388,13 @@ def run_update_example(plan: dict, test: str) -> None:
     def check(_):
         if not params:
             return
-        exact, low = reference(np.float64), reference(np.float32)
-        low2 = reference(np.float32, np.random.default_rng(plan["seed"] + 2))
         actual = [[p.numpy() for p in params]] + [[s.numpy() for s in group] for group in slots]
-        for what, a, e, lo, lo2 in zip(["params"] + list(names), actual, exact, low, low2):
-            assert_matches(a, e, dtype, what, spread_of(e, lo, dtype, lo2), where=f"tf {rule}")
+        assert_call_matches(actual, ["params"] + list(names), reference, dtype, plan["seed"], f"tf {rule}")
 
     expect_tf_outcome(lambda: run(lambda: op(**args), plan["graph"]), faults, memory, check)
 
 
-@fuzz_settings(300)
+@fuzz_settings(500)
 @given(update_call())
 def test_fused_update_ops_match_reference_or_reject(plan):
     run_update_example(plan, "tf update ops")
@@ -441,7 +440,9 @@ def run_other_example(plan: dict, test: str) -> None:
     from fuzzlib import specials, sprinkle
 
     xv = random_values(rng, shape, "normal" if plan["values"] == "special" else plan["values"])
-    if plan["values"] == "special":
+    # Non-finite values for the dropout ops only: the regularizer ops share the
+    # engine code that fuzz_regularizers_dropout's non-finite property covers.
+    if plan["values"] == "special" and op.startswith("dropout"):
         xv = sprinkle(rng, xv, specials())
     x = memory.tensor(tf.constant(xv.astype(dtype)))
     ref_t = memory.tensor(tf.constant(random_values(rng, shape, "normal").astype(dtype)))
@@ -515,7 +516,7 @@ def run_other_example(plan: dict, test: str) -> None:
         dt = np.dtype(dtype)
         if op.endswith("penalty"):
             with quiet():
-                exact = (a * np.sum(np.abs(x64)) + b * np.sum(x64 * x64)) if op == "elastic_penalty" \
+                exact = (a * np.sum(np.abs(x64)) + (b * np.sum(x64 * x64) if b else 0.0)) if op == "elastic_penalty" \
                     else a / 2 * np.sum((x64 - r64) ** 2)
             got = float(result.numpy())
             expected = float(np.asarray(exact).astype(dt))

@@ -372,6 +372,13 @@ def float_in(low: float, high: float, specials: Iterable[float] = ()) -> st.Sear
     return st.one_of(values, st.sampled_from(sp)) if sp else values
 
 
+# Ftrl's learning rates for the comparisons: Ftrl divides a difference of
+# nearly equal powers acc**-learning_rate_power by the rate, so below 1e-2 the
+# float32 rounding of those powers (spacing 6e-8 near 1) grows 1/lr-fold,
+# past what a float32 rerun of the reference shows.
+FTRL_LEARNING_RATES = st.floats(1e-2, 1.0, allow_nan=False, allow_subnormal=False)
+
+
 def mostly(default, options: Sequence, weight: int) -> st.SearchStrategy:
     """`default` about `weight` times in `weight + len(options)` (on both ends
     of the list: Hypothesis favours the first and the last entry)."""
