@@ -282,7 +282,8 @@ REG_FAULTS = ["dtype", "w-null", "out-null", "sum-null", "size", "misaligned", "
 def regularizer_call(draw):
     return dict(fn=draw(st.sampled_from(REG_FUNCTIONS)), dtype=draw(st.sampled_from(FLOAT_DTYPES)),
                 shape=draw(shapes()), values=draw(VALUE_KINDS),
-                a=draw(st.one_of(st.just(0.0), float_in(0.0, 1.0))), b=draw(st.one_of(st.just(0.0), float_in(0.0, 1.0))),
+                a=draw(st.one_of(st.just(0.0), float_in(0.0, 1.0))),
+                b=draw(st.one_of(st.just(0.0), float_in(0.0, 1.0))),
                 seed=draw(st.integers(0, 2**32 - 1)), fault=draw(mostly(None, REG_FAULTS, 12)),
                 bad=draw(st.sampled_from([-1.0, math.nan, math.inf])))
 

@@ -486,7 +486,8 @@ def kernel_call(draw, misaligned: bool = False, non_finite: bool = False, hard_s
         elif kind == "scalar":
             faults.append({"kind": "scalar", "name": draw(st.sampled_from(list(scalars))), "value": draw(bad_scalar())})
         elif kind == "step":
-            faults.append({"kind": "step", "value": draw(st.sampled_from([0, -3, 2**63, 1.5, "2", None, np.float64(2)]))})
+            bad_steps = [0, -3, 2**63, 1.5, "2", None, np.float64(2)]
+            faults.append({"kind": "step", "value": draw(st.sampled_from(bad_steps))})
         elif kind == "hyper" and F.RULES[rule]["hyper"]:
             faults.append({"kind": "hyper", "name": draw(st.sampled_from(F.RULES[rule]["hyper"])),
                            "value": draw(bad_scalar())})
@@ -789,7 +790,8 @@ VALID_ARGS = {
     "learning_rate": float_in(0.0, 0.1, [0.01]), "weight_decay": st.sampled_from([None, 0.0, 0.01, 0.1]),
     "clipnorm": float_in(0.05, 5.0), "clipvalue": float_in(0.05, 2.0), "global_clipnorm": float_in(0.05, 5.0),
     "l1": float_in(0.0, 0.01), "l2": float_in(0.0, 0.01), "proximal_l1": float_in(0.0, 0.01),
-    "momentum": float_in(0.0, 0.99, [0.0, 0.9]), "rho": float_in(0.05, 0.99), "epsilon": st.sampled_from([0.0, 1e-7, 1e-3]),
+    "momentum": float_in(0.0, 0.99, [0.0, 0.9]), "rho": float_in(0.05, 0.99),
+    "epsilon": st.sampled_from([0.0, 1e-7, 1e-3]),
     "beta_1": float_in(0.05, 0.99, [0.9]), "beta_2": float_in(0.0, 0.999, [0.999]),
     "initial_accumulator_value": float_in(0.05, 1.0), "learning_rate_power": float_in(-1.0, -0.1),
     "l1_regularization_strength": float_in(0.0, 0.1), "l2_regularization_strength": float_in(0.0, 0.1),
@@ -1008,7 +1010,8 @@ def run_optimizer_example(plan: dict, test: str) -> None:
     bad_at = {t: f["value"].value for t, f in enumerate(plan["steps"])
               if f is not None and f["kind"] == "schedule-value"}
     sched = None
-    if plan["schedule"] or bad_at:
+    lr_fault = cf.get("kind") == "argument" and cf["arg"] == "learning_rate"  # it must reach the constructor
+    if (plan["schedule"] or bad_at) and not lr_fault:
         sched = kwargs["learning_rate"] = Schedule(float(kwargs.get("learning_rate", 0.01)))
     params_arg = params
     if cf.get("kind") == "params-structure":
@@ -1046,7 +1049,8 @@ def run_optimizer_example(plan: dict, test: str) -> None:
         grads_arg = grads
         kind = sf.get("kind")
         if kind == "grads-structure":
-            grads_arg = {"not-list": "grads", "array": grads[0] if grads else np.zeros(1), "generator": (g for g in grads),
+            grads_arg = {"not-list": "grads", "array": grads[0] if grads else np.zeros(1),
+                         "generator": (g for g in grads),
                          "dict": dict(enumerate(grads)), "short": grads[:-1] if grads else [np.zeros(1)],
                          "long": grads + [np.zeros(1, dtype)], "none": None}[sf["what"]]
         elif kind == "grads-alias" and n:
@@ -1054,7 +1058,8 @@ def run_optimizer_example(plan: dict, test: str) -> None:
             if sf["what"] == "param":
                 grads_arg = grads[:i] + [params[i]] + grads[i + 1:]
             elif sf["what"] == "slot":
-                slot = next((v[i] for v in opt.slots.values() if v[i] is not None and v[i].shape == params[i].shape), None)
+                slot = next((v[i] for v in opt.slots.values()
+                             if v[i] is not None and v[i].shape == params[i].shape), None)
                 if slot is not None:
                     grads_arg = grads[:i] + [slot] + grads[i + 1:]
             elif sf["what"] == "overlap" and plan["layout"] == "adjacent" and i >= 1 and params[i].size:
@@ -1074,7 +1079,7 @@ def run_optimizer_example(plan: dict, test: str) -> None:
             outputs += [(f"{k}[{i}]", a) for k, v in opt.slots.items() for i, a in enumerate(v) if a is not None]
             step_faults += [f for f in aliasing_faults(outputs, [(f"grads[{i}]", g) for i, g in enumerate(grads_arg)])
                             if any(nm.startswith("grads") for nm in f.names)]
-        if t in bad_at:
+        if t in bad_at and sched is not None:
             sched.bad = (bad_at[t],)
             step_faults += scalar_fault("learning_rate", bad_at[t], nonnegative, bool_ok=False)
         elif name == "Ftrl" and float(exact.learning_rate()) == 0.0:

@@ -491,7 +491,7 @@ def run_dropout_example(plan: dict, test: str) -> None:
         # The packed mask of a forward pass with valid arguments (or no mask: regenerate from the seed).
         if plan["backward"] == "mask" or any(f["kind"] == "mask-and-seed" for f in plan["faults"]):
             m = concrete if concrete is not None else tuple(shape)
-            count = int(np.prod(m, dtype=np.int64)) if m is not None else 0
+            count = int(np.prod([max(d, 0) for d in m], dtype=np.int64))  # a bad noise shape may be negative
             mask = memory.place(rng.integers(0, 256, (count + 7) // 8).astype(np.float64), np.uint8)
             if mask_fault == "short":
                 mask = mask[:-1] if mask.size else memory.place(np.ones(1), np.uint8)
@@ -525,7 +525,7 @@ def run_dropout_example(plan: dict, test: str) -> None:
         memory.adopt(mask)
     note(f"faults: {shown(faults)}")
     trace(describe(test=test, plan=plan, faults=faults))
-    x_in = None if not isinstance(x, np.ndarray) or x.dtype == object else np.array(x, np.float64)
+    x_in = None if faults else np.array(x, np.float64)
 
     def check(result):
         dt = x.dtype  # float64 in a float32 plan is valid

@@ -14,7 +14,7 @@ import contextlib
 import math
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Callable, Iterable, Sequence
 
@@ -386,17 +386,8 @@ def mostly(default, options: Sequence, weight: int) -> st.SearchStrategy:
     return st.sampled_from([default] * half + list(options) + [default] * (weight - half))
 
 
-def first_failure(checks: Iterable[tuple[bool, Fault]]) -> list[Fault]:
-    return [f for bad, f in checks if bad]
-
-
 def describe(**parts: Any) -> str:
     return "\n".join(f"{k} = {v!r}" for k, v in parts.items())
-
-
-def nbytes_span(a: np.ndarray) -> tuple[int, int]:
-    lo = address(a)
-    return lo, lo + a.nbytes
 
 
 def overlaps(a: Any, b: Any) -> bool:
