@@ -26,3 +26,14 @@ def restore_engine_settings():
     yield
     fusedopt.set_num_threads(threads)
     _core.set_isa(isa)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """After a run of tests/test_fuzz.py: examples per fuzz property, and the total."""
+    import sys
+
+    fuzz = sys.modules.get("test_fuzz")
+    if fuzz is not None and fuzz.RESULTS:
+        terminalreporter.section("fuzz")
+        for line in fuzz.summary_lines():
+            terminalreporter.write_line(line)

@@ -5,6 +5,8 @@
 `Reference(name, kwargs, params)` mirrors a fusedopt optimizer: `params`,
 `slots` (Keras's slot names and order), `iterations`, `u_product` (Nadam) and
 `step(grads)`. Defaults are Keras's, written out here (not read from fusedopt).
+`dtype` (float64 by default) is the dtype the arrays are kept and computed
+in: a float32 run shows how much rounding the same formulas lose in float32.
 """
 
 from __future__ import annotations
@@ -81,10 +83,11 @@ def _rms(x):
 
 
 class Reference:
-    def __init__(self, name: str, kwargs: dict, params, use_adam=None):
+    def __init__(self, name: str, kwargs: dict, params, use_adam=None, dtype=np.float64):
         self.name = name
+        self.dtype = np.dtype(dtype)
         self.h = {**KERAS_DEFAULTS[name], **kwargs}
-        self.params = [np.array(p, dtype=np.float64) for p in params]
+        self.params = [np.array(p, dtype=dtype) for p in params]
         self.iterations = 0
         self.u_product = 1.0
         h, ps = self.h, self.params
@@ -94,8 +97,8 @@ class Reference:
         if name == "ScheduleFreeAdamW":
             self.slots["momentum"] = [p.copy() for p in ps]
         if name == "Adafactor":
-            self.slots["r"] = [np.zeros(p.shape[:-1]) if p.ndim >= 2 else np.zeros(()) for p in ps]
-            self.slots["c"] = [np.zeros(p.shape[:-2] + p.shape[-1:]) if p.ndim >= 2 else np.zeros(())
+            self.slots["r"] = [np.zeros(p.shape[:-1] if p.ndim >= 2 else (), dtype) for p in ps]
+            self.slots["c"] = [np.zeros(p.shape[:-2] + p.shape[-1:] if p.ndim >= 2 else (), dtype)
                                for p in ps]
         if name == "Muon":
             self.use_adam = [p.ndim != 2 for p in ps] if use_adam is None else list(use_adam)
@@ -109,7 +112,7 @@ class Reference:
         h = self.h
         lr = self.learning_rate()
         t = self.iterations + 1
-        grads = [np.asarray(g, np.float64) for g in grads]
+        grads = [np.asarray(g, self.dtype) for g in grads]
         if self.name == "Nadam":
             self.u_product *= h["beta_1"] * (1.0 - 0.5 * 0.96 ** t)
         for i, g in enumerate(grads):
@@ -246,8 +249,10 @@ class Reference:
 
     def _adafactor(self, p, g, s, lr, t):
         h = self.h
-        rho_t = min(lr, 1 / math.sqrt(t))
-        alpha_t = max(h["epsilon_2"], _rms(p)) * rho_t
+        # np.maximum/np.minimum, as Keras's ops.maximum/minimum: NaN propagates
+        # (Python's max(1.0, nan) is 1.0).
+        rho_t = np.minimum(lr, 1 / math.sqrt(t))
+        alpha_t = np.maximum(h["epsilon_2"], _rms(p)) * rho_t
         sq = g * g + h["epsilon_1"]
         beta_2_t = 1 - t ** h["beta_2_decay"]
         r, c, v = s["r"], s["c"], s["velocity"]
@@ -258,7 +263,7 @@ class Reference:
         else:
             v[...] = beta_2_t * v + (1 - beta_2_t) * sq
         u = g / np.sqrt(v)
-        u_hat = u / max(1.0, _rms(u) / h["clip_threshold"])
+        u_hat = u / np.maximum(1.0, _rms(u) / h["clip_threshold"])
         p -= alpha_t * u_hat
 
     def _schedulefreeadamw(self, p, g, s, lr, t):

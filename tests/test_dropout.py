@@ -162,3 +162,16 @@ def test_bad_input_raises_and_changes_nothing():
             call()
         for a, b in zip([x, dy, mask], before):
             assert_same_bits(a, b, f"after rejected call ({match})")
+
+
+def test_int_too_large_for_a_double_is_a_value_error():
+    """Regression (found by tests/fuzz/fuzz_regularizers_dropout.py): float()
+    of such a rate raised OverflowError (neither TypeError nor ValueError,
+    naming no argument) from dropout and dropout_backward."""
+    x = inputs((5,), np.float32)
+    before = x.copy()
+    with pytest.raises(ValueError, match="rate must be finite"):
+        dropout(x, 10**400, 3)
+    with pytest.raises(ValueError, match="rate must be finite"):
+        dropout_backward(x, None, -(10**400), seed=3)
+    assert_same_bits(x, before, "x")

@@ -569,3 +569,50 @@ def test_clipping_validates_grads_before_copying_them(case, bad, clip):
     exc, match, make_bad = BAD_GRADS[bad]
     bad_grads = make_bad(grads, 1)
     rejected(opt, exc, match.format(i=1), lambda: opt.step(bad_grads), bad_grads)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clipvalue_keeps_a_0d_grad_an_array(dtype):
+    """Regression (found by tests/fuzz/fuzz_numpy.py): clipvalue clipped with
+    np.clip, which turns a 0-d array into a NumPy scalar, so the engine
+    rejected the clipped grad of a 0-d parameter ("grads[0] must be a
+    numpy.ndarray ..., got float32"). The validation tests clip only 1-D and
+    2-D grads."""
+    w = np.array(1.0, dtype)
+    opt = fusedopt.SGD([w], learning_rate=0.5, clipvalue=0.25)
+    opt.step([np.array(3.0, dtype)])
+    assert w.shape == () and w == dtype(1.0 - 0.5 * 0.25)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_misaligned_param_is_rejected_by_the_constructor(case):
+    """Regression (found by tests/fuzz/fuzz_numpy.py): the constructor checked
+    dtype, contiguity and writability but not alignment, so a float32 view at
+    an odd byte offset of a buffer was accepted (undefined behaviour in the
+    engine). BAD_PARAMS had no misaligned array."""
+    shapes = SHAPES[case.kind]
+    params = [np.ones(s, np.float32) for s in shapes]
+    n = int(np.prod(shapes[1]))
+    params[1] = np.ndarray(shapes[1], np.float32, buffer=bytearray(4 * n + 5), offset=1)
+    params[1][...] = 1.0
+    assert not params[1].flags.aligned
+    before = copies(params)
+    with pytest.raises(ValueError, match=r"params\[1\] is not aligned"):
+        case.make(params)
+    for a, b in zip(params, before):
+        assert_same_bits(a, b, "params")
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400)], ids=["huge", "-huge"])
+def test_int_too_large_for_a_double_is_a_value_error(value):
+    """Regression (found by tests/fuzz/fuzz_numpy.py): float() of such an int
+    raises OverflowError, which escaped the optimizers' argument checks
+    (neither TypeError nor ValueError, and naming no argument)."""
+    params = [np.ones(3, np.float32)]
+    for kwargs, name in [({"learning_rate": value}, "learning_rate"), ({"beta_1": value}, "beta_1"),
+                         ({"weight_decay": value}, "weight_decay")]:
+        with pytest.raises(ValueError, match=f"{name} must be finite"):
+            fusedopt.Adam(params, **kwargs)
+    opt = fusedopt.Adam(params)
+    with pytest.raises(ValueError, match="learning_rate must be finite"):
+        opt.learning_rate = value

@@ -58,7 +58,10 @@ def _seed_words(seed: Seed) -> Tuple[int, int]:
 def _check_rate(rate: Any) -> float:
     if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
         raise TypeError(f"rate must be a number, got {type(rate).__name__}")
-    return float(rate)  # the range [0, 1) is checked by the engine
+    try:
+        return float(rate)  # the range [0, 1) is checked by the engine
+    except OverflowError:  # an int too large for a double
+        raise ValueError(f"rate must be finite, got an int of {int(rate).bit_length()} bits") from None
 
 
 def _noise_shape(x: Any, noise_shape: NoiseShape) -> Optional[list]:

@@ -49,7 +49,10 @@ def _check_number(value: Any, name: str, *, low: float | None = None, high: floa
                   low_open: bool = False, high_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    x = float(value)
+    try:
+        x = float(value)
+    except OverflowError:  # an int too large for a double
+        raise ValueError(f"{name} must be finite, got an int of {int(value).bit_length()} bits") from None
     if not math.isfinite(x):
         raise ValueError(f"{name} must be finite, got {x}")
     if low is not None and (x < low or (low_open and x == low)):
@@ -100,6 +103,8 @@ class Optimizer:
                 raise TypeError(f"params[{i}] has dtype {p.dtype} but params[0] has {self.params[0].dtype}")
             if not p.flags.c_contiguous:
                 raise ValueError(f"params[{i}] must be C-contiguous")
+            if not p.flags.aligned:  # the engine's vector loads need dtype alignment
+                raise ValueError(f"params[{i}] is not aligned to its dtype ({p.dtype.itemsize} bytes)")
             if not p.flags.writeable:
                 raise ValueError(f"params[{i}] is read-only")
         if callable(learning_rate):
@@ -193,7 +198,8 @@ class Optimizer:
             return _cuda.clip(grads, self.clipvalue, self.clipnorm, self.global_clipnorm)
         grads = [np.array(g, copy=True) for g in grads]
         if self.clipvalue is not None:
-            grads = [np.clip(g, -self.clipvalue, self.clipvalue) for g in grads]
+            for g in grads:  # in place: np.clip of a 0-d array returns a scalar, not an array
+                np.clip(g, -self.clipvalue, self.clipvalue, out=g)
         if self.clipnorm is not None:
             for g in grads:
                 norm = float(np.sqrt(np.sum(np.square(g, dtype=np.float64))))
