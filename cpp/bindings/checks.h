@@ -73,7 +73,18 @@ inline double finite_number(py::handle h, const std::string& name) {
     throw py::type_error(name + " must be a number, got " +
                          std::string(py::str(py::type::of(h).attr("__name__"))));
   if (py::isinstance<py::bool_>(h)) return h.cast<bool>() ? 1.0 : 0.0;
-  const double x = py::float_(py::reinterpret_borrow<py::object>(h)).cast<double>();
+  double x = 0.0;
+  try {
+    x = py::float_(py::reinterpret_borrow<py::object>(h)).cast<double>();
+  } catch (py::error_already_set& e) {
+    // float() of an int beyond double range, or of an array that is not 0-d.
+    if (e.matches(PyExc_OverflowError))
+      throw py::value_error(name + " is too large for a double");
+    if (e.matches(PyExc_TypeError) || e.matches(PyExc_ValueError))
+      throw py::type_error(name + " must be a number (or a 0-d array), got " +
+                           std::string(py::str(py::type::of(h).attr("__name__"))));
+    throw;
+  }
   if (!std::isfinite(x)) throw py::value_error(name + " must be finite, got " + std::to_string(x));
   return x;
 }

@@ -3,6 +3,7 @@
 #include "fusedopt/c_api.h"
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <new>
 #include <stdexcept>
@@ -231,7 +232,6 @@ int fusedopt_dropout(int dtype, const void* in, void* out, const int64_t* x_shap
       size *= xd;
       noise_size *= nd;
     }
-    if (size == 0) noise_size = 0;
     const int64_t es = element_size(dt);
     if (auto err = check_buffer(in, size, es, "in"); !err.empty()) return err;
     if (auto err = check_buffer(out, size, es, "out"); !err.empty()) return err;
@@ -255,8 +255,13 @@ int fusedopt_dropout(int dtype, const void* in, void* out, const int64_t* x_shap
     call.noise = make_noise_broadcast(x_dims, noise_dims);
     call.stream = mask_in ? nullptr : &stream;
     call.mask_in = mask_in;
-    call.mask_out = mask_out;
+    call.mask_out = mask_in ? nullptr : mask_out;
     run_dropout(call);
+    if (mask_in != nullptr && mask_out != nullptr && mask_bytes > 0) {
+      // The bits it used, as c_api.h promises; padding bits 0, as generated masks have.
+      std::memcpy(mask_out, mask_in, size_t(mask_bytes));
+      if (noise_size % 8 != 0) mask_out[mask_bytes - 1] &= uint8_t((1u << (noise_size % 8)) - 1u);
+    }
     return "";
   });
 }

@@ -1,5 +1,6 @@
 // Op registrations: inputs, attributes and the (empty) shape function.
 #include "fused_update_ops.h"
+#include "input_shapes.h"
 
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
@@ -7,22 +8,18 @@
 
 namespace tensorflow {
 
-// The scalars and vectors are checked here where their shapes are static,
-// and again in the kernel (eager calls and unknown shapes).
 inline absl::Status FusedUpdateShape(shape_inference::InferenceContext* c) {
   int num_tensors = 0, num_states = 0;
   TF_RETURN_IF_ERROR(c->GetAttr("num_tensors", &num_tensors));
   TF_RETURN_IF_ERROR(c->GetAttr("num_states", &num_states));
   const int hyper = 2 * num_tensors + num_states;
-  shape_inference::ShapeHandle unused;
-  shape_inference::DimensionHandle unused_dim;
-  for (int i = 0; i < num_tensors + num_states; ++i) TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 0, &unused));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(hyper), 1, &unused));
-  for (int k = 1; k <= 3; ++k) TF_RETURN_IF_ERROR(c->WithRank(c->input(hyper + k), 0, &unused));
-  shape_inference::ShapeHandle regularization;
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(hyper + 4), 1, &regularization));
-  TF_RETURN_IF_ERROR(c->WithValue(c->Dim(regularization, 0), 3, &unused_dim));
-  return absl::OkStatus();
+  for (int i = 0; i < num_tensors + num_states; ++i)
+    TF_RETURN_IF_ERROR(InputOfRank(c, i, 0, i < num_tensors ? "params (a resource handle)" : "states (a resource handle)"));
+  TF_RETURN_IF_ERROR(InputOfRank(c, hyper, 1, "hyper"));
+  TF_RETURN_IF_ERROR(InputOfRank(c, hyper + 1, 0, "learning_rate"));
+  TF_RETURN_IF_ERROR(InputOfRank(c, hyper + 2, 0, "step"));
+  TF_RETURN_IF_ERROR(InputOfRank(c, hyper + 3, 0, "decay"));
+  return InputOfRank(c, hyper + 4, 1, "regularization", 3);
 }
 
 // params:  num_tensors resource variables, updated in place
@@ -65,8 +62,8 @@ REGISTER_OP("FusedoptVariableList")
     .Attr("num_variables: int >= 0")
     .SetIsStateful()
     .SetShapeFn([](shape_inference::InferenceContext* c) {
-      shape_inference::ShapeHandle unused;
-      for (int i = 0; i < c->num_inputs(); ++i) TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 0, &unused));
+      for (int i = 0; i < c->num_inputs(); ++i)
+        TF_RETURN_IF_ERROR(InputOfRank(c, i, 0, "variables (resource handles)"));
       c->set_output(0, c->Scalar());
       return absl::OkStatus();
     });

@@ -1,5 +1,8 @@
 // Op registrations of the regularizer and dropout ops, with shape functions.
 // Their gradients are registered in Python (fusedopt/keras/_op_library.py).
+#include <initializer_list>
+
+#include "input_shapes.h"
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -10,37 +13,33 @@ namespace {
 using shape_inference::InferenceContext;
 using shape_inference::ShapeHandle;
 
-// Inputs [first, last] must be scalars (where their shapes are known; the
-// kernels check again).
-absl::Status Scalars(InferenceContext* c, int first, int last) {
-  ShapeHandle unused;
-  for (int i = first; i <= last; ++i) TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 0, &unused));
+// Inputs first, first + 1, ... (named by `names`) must be scalars.
+absl::Status Scalars(InferenceContext* c, int first, std::initializer_list<const char*> names) {
+  int i = first;
+  for (const char* name : names) TF_RETURN_IF_ERROR(InputOfRank(c, i++, 0, name));
   return absl::OkStatus();
 }
 
 absl::Status PenaltyShape(InferenceContext* c) {
-  TF_RETURN_IF_ERROR(Scalars(c, 1, 2));
+  TF_RETURN_IF_ERROR(Scalars(c, 1, {"l1", "l2"}));
   c->set_output(0, c->Scalar());
   return absl::OkStatus();
 }
 
 absl::Status SpShape(InferenceContext* c, bool scalar_output) {
   ShapeHandle x;
-  TF_RETURN_IF_ERROR(c->Merge(c->input(0), c->input(1), &x));
-  TF_RETURN_IF_ERROR(Scalars(c, 2, 2));
+  if (!c->Merge(c->input(0), c->input(1), &x).ok())
+    return errors::InvalidArgument("reference has shape ", c->DebugString(c->input(1)), " but x has shape ",
+                                   c->DebugString(c->input(0)));
+  TF_RETURN_IF_ERROR(Scalars(c, 2, {"alpha"}));
   c->set_output(0, scalar_output ? c->Scalar() : x);
   return absl::OkStatus();
 }
 
 // noise_shape: a vector of x's rank.
 absl::Status NoiseShape(InferenceContext* c, int x_index, int noise_index) {
-  ShapeHandle noise;
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(noise_index), 1, &noise));
-  if (c->RankKnown(c->input(x_index))) {
-    shape_inference::DimensionHandle unused;
-    TF_RETURN_IF_ERROR(c->WithValue(c->Dim(noise, 0), c->Rank(c->input(x_index)), &unused));
-  }
-  return absl::OkStatus();
+  const bool rank_known = c->RankKnown(c->input(x_index));
+  return InputOfRank(c, noise_index, 1, "noise_shape", rank_known ? c->Rank(c->input(x_index)) : -1);
 }
 
 }  // namespace
@@ -61,7 +60,7 @@ REGISTER_OP("FusedoptElasticGradient")
     .Output("gradient: T")
     .Attr("T: {float, double}")
     .SetShapeFn([](InferenceContext* c) {
-      TF_RETURN_IF_ERROR(Scalars(c, 1, 2));
+      TF_RETURN_IF_ERROR(Scalars(c, 1, {"l1", "l2"}));
       c->set_output(0, c->input(0));
       return absl::OkStatus();
     });
@@ -95,11 +94,8 @@ REGISTER_OP("FusedoptDropout")
     .Output("mask: uint8")
     .Attr("T: {float, double}")
     .SetShapeFn([](InferenceContext* c) {
-      TF_RETURN_IF_ERROR(Scalars(c, 1, 1));
-      ShapeHandle seed;
-      shape_inference::DimensionHandle unused;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &seed));
-      TF_RETURN_IF_ERROR(c->WithValue(c->Dim(seed, 0), 2, &unused));
+      TF_RETURN_IF_ERROR(Scalars(c, 1, {"rate"}));
+      TF_RETURN_IF_ERROR(InputOfRank(c, 2, 1, "seed", 2));
       TF_RETURN_IF_ERROR(NoiseShape(c, 0, 3));
       c->set_output(0, c->input(0));
       c->set_output(1, c->Vector(c->UnknownDim()));
@@ -114,9 +110,8 @@ REGISTER_OP("FusedoptDropoutGrad")
     .Output("dx: T")
     .Attr("T: {float, double}")
     .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle unused;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &unused));
-      TF_RETURN_IF_ERROR(Scalars(c, 2, 2));
+      TF_RETURN_IF_ERROR(InputOfRank(c, 1, 1, "mask"));
+      TF_RETURN_IF_ERROR(Scalars(c, 2, {"rate"}));
       TF_RETURN_IF_ERROR(NoiseShape(c, 0, 3));
       c->set_output(0, c->input(0));
       return absl::OkStatus();

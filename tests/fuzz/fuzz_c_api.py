@@ -317,10 +317,11 @@ def run_regularizer(plan: dict) -> None:
         applied = fault
     elif fault == "scalar" and fn != "sums" and fn != "sums-w0":
         a, applied = plan["bad"], fault
-    elif fault == "out-is-w" and out is not None and size:
-        out_ptr, applied = w_ptr, fault
-    elif fault == "out-overlaps-w0" and out is not None and w0 is not None and size:
-        out_ptr, applied = w0_ptr, fault
+    elif fault == "out-is-w" and out is not None and size >= 2:
+        # One element past w: a partial overlap (out == w itself is in place, allowed).
+        out_ptr, applied = w_ptr + w.itemsize, fault
+    elif fault == "out-overlaps-w0" and out is not None and w0 is not None and size >= 2:
+        out_ptr, applied = w0_ptr + w0.itemsize, fault
     note(f"fault: {applied}")
     trace(describe(test="C API regularizers", plan=plan, fault=applied))
     w64 = np.array(w, np.float64)
@@ -404,8 +405,9 @@ def run_dropout(plan: dict) -> None:
         noise_arr[rank - 1], applied = shape[-1] + 2, fault
     elif fault == "rate" and not (math.isfinite(plan["bad"]) and 0 <= plan["bad"] < 1):
         rate, applied = plan["bad"], fault
-    elif fault == "in-is-out" and x.size:
-        out_ptr, applied = in_ptr, fault
+    elif fault == "in-is-out" and x.size >= 2:
+        # One element past x: a partial overlap (y == x itself is in place, allowed).
+        out_ptr, applied = in_ptr + x.itemsize, fault
     elif fault == "misaligned" and x.size and not x.flags.aligned:
         applied = fault
     note(f"fault: {applied}")

@@ -724,9 +724,10 @@ def test_kernels_propagate_non_finite_values_like_keras(plan):
 @fuzz_settings(60)
 @given(kernel_call(empty_matrices=True))
 def test_adafactor_statistics_of_empty_matrices(plan):
-    """Adafactor over a matrix with no rows or no columns: the row (or
-    column) statistic is a mean over no elements, NaN in Keras's
-    ops.mean and in the reference; the param (empty) is unchanged."""
+    """Adafactor over a matrix with no rows or no columns: nothing is
+    updated, its row and column statistics included (a documented deviation:
+    Keras's ops.mean over no elements makes them NaN), nothing is written
+    outside them and no call crashes."""
     run_kernel_example(plan, "kernels, Adafactor over empty matrices")
 
 

@@ -132,7 +132,7 @@ def regularizer_reference(fn: str, arrays: dict, scalars: dict, dtype):
         if fn == "l1l2_penalty":
             return sum((l1 * np.sum(np.abs(x)) if l1 else 0.0) + (l2 * np.sum(x * x) if l2 else 0.0) for x in w)
         if fn == "l1l2_gradient":
-            return [(l1 * np.sign(x) if l1 else 0 * x) + (2 * l2 * x if l2 else 0) for x in w]
+            return [(l1 * np.sign(x) if l1 else np.zeros_like(x)) + (2 * l2 * x if l2 else 0) for x in w]
         if fn == "proximal_step_":
             lr, l1, l2 = scalars["learning_rate"], scalars["l1"], scalars["l2"]
             out = []

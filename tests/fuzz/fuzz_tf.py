@@ -66,6 +66,13 @@ def op_fault(kind: str, *names: str) -> Fault:
     return Fault(kind, OP_ERRORS, names)
 
 
+def shape_fault(kind: str, *names: str) -> Fault:
+    """A wrong rank or length that the op's shape function sees: refused by
+    the kernel when run eagerly, by the shape function while tracing a
+    tf.function (ValueError, as TF's own ops); either names the input."""
+    return Fault(kind, OP_ERRORS + (ValueError,), names)
+
+
 def wrapper_fault(kind: str) -> Fault:
     """Refused by the generated Python wrapper or graph construction before
     the op runs (TypeError/ValueError), or by TF's eager executor when it
@@ -283,7 +290,7 @@ def update_arguments(plan: dict, memory: TFMemory, params, slots, grads):
             faults.append(op_fault(kind, "hyper", name))
     elif kind == "hyper-rank":
         hyper_t = tf.reshape(hyper_t, (1, len(hyper)))
-        faults.append(op_fault(kind, "hyper"))
+        faults.append(shape_fault(kind, "hyper"))
     elif kind in ("lr", "decay"):
         scalars["learning_rate" if kind == "lr" else "decay"] = value
         if not (np.isfinite(value) and value >= 0):
@@ -300,7 +307,7 @@ def update_arguments(plan: dict, memory: TFMemory, params, slots, grads):
             faults.append(op_fault(kind, ("l1", "l2", "proximal_l1")[i % 3]))
     elif kind == "reg-length":
         reg = reg[:2]
-        faults.append(op_fault(kind, "regularization"))
+        faults.append(shape_fault(kind, "regularization"))
     elif kind == "slot-count" and state_vars:
         state_vars = state_vars[:-1]
         faults.append(op_fault(kind, "num_states"))
@@ -354,7 +361,8 @@ def update_arguments(plan: dict, memory: TFMemory, params, slots, grads):
     args = dict(params=handles, states=state_handles, grads=grads, hyper=hyper_t,
                 learning_rate=tf.constant(scalars["learning_rate"], tf.float64),
                 step=tf.constant(scalars["step"], tf.int64), decay=tf.constant(scalars["decay"], tf.float64),
-                regularization=tf.constant(reg, tf.float64), state_list=state_list)
+                regularization=tf.constant(reg, tf.float64), state_list=state_list,
+                hyper_names=list(F.RULES[plan["rule"]]["hyper"]))
     return args, faults, scalars, reg, hyper_used
 
 
@@ -369,7 +377,7 @@ def run_update_example(plan: dict, test: str) -> None:
             tf_dtype = tf.int64 if k == "step" else tf.float64
             args[k] = tf.fill(shape, tf.constant(scalars[k], tf_dtype))
             if shape != ():
-                faults.append(op_fault("non-scalar", k))
+                faults.append(shape_fault("non-scalar", k))
     note(f"faults: {shown(faults)}")
     trace(describe(test=test, plan=plan, faults=faults))
     inputs = ([p.numpy().astype(np.float64) for p in params], [g.numpy().astype(np.float64) for g in grads],
@@ -472,22 +480,22 @@ def run_other_example(plan: dict, test: str) -> None:
             faults.append(op_fault(kind, scalar_name))
     elif kind == "scalar-shape":
         scalar_shape = (1,)
-        faults.append(op_fault(kind, scalar_name))
+        faults.append(shape_fault(kind, scalar_name))
     elif kind == "scalar-dtype":
         scalar_dtype = tf.float32
         faults.append(wrapper_fault(kind))
     elif kind == "reference-shape" and op.startswith("sp"):
         ref_t = memory.tensor(tf.zeros(tuple(shape) + (1,), dtype))
-        faults.append(op_fault(kind, "reference"))
+        faults.append(shape_fault(kind, "reference"))
     elif kind == "reference-dtype" and op.startswith("sp"):
         ref_t = memory.tensor(tf.cast(ref_t, tf.float64 if dtype == np.float32 else tf.float32))
         faults.append(wrapper_fault(kind))
     elif kind == "seed-shape" and op == "dropout":
         seed, seed_shape = seed + [1], (3,)
-        faults.append(op_fault(kind, "seed"))
+        faults.append(shape_fault(kind, "seed"))
     elif kind == "noise-length" and op.startswith("dropout"):
         noise = noise + [1]
-        faults.append(op_fault(kind, "noise_shape"))
+        faults.append(shape_fault(kind, "noise_shape"))
     elif kind == "noise-entry" and op.startswith("dropout") and shape:
         noise[-1] = shape[-1] + 2
         faults.append(op_fault(kind, "noise_shape"))

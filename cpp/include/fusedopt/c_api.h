@@ -82,7 +82,9 @@ int fusedopt_apply_regularized(int rule, int dtype, const fusedopt_tensor* tenso
 /* sum |w - w0| and sum (w - w0)^2, accumulated in double. */
 int fusedopt_regularizer_sums(int dtype, const void* w, const void* w0, int64_t size,
                                double* sum_abs, double* sum_squares);
-/* out = l1 * sign(w) + 2 * l2 * w (Keras's L1L2 gradient). */
+/* out = l1 * sign(w) + 2 * l2 * w (Keras's L1L2 gradient; a zero strength's
+ * term is left out). In the gradient functions `out` may be `w` (or `w0`)
+ * itself, in place, but not overlap it otherwise. */
 int fusedopt_l1l2_gradient(int dtype, const void* w, void* out, int64_t size, double l1,
                             double l2);
 /* out = alpha * (w - w0) (the L2-SP gradient; w0 NULL: alpha * w). */

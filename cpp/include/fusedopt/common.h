@@ -27,12 +27,14 @@ struct StepArgs {
   double learning_rate = 0.0;  // already evaluated for this step
 };
 
+// NaN in, NaN out, as TF's (Keras's) sign, maximum and minimum: a NaN state
+// or gradient must not be silently replaced by a number.
 template <class T> FUSEDOPT_HOST_DEVICE T sign_of(T x) {
-  return static_cast<T>((x > T(0)) - (x < T(0)));
+  return x != x ? x : static_cast<T>((x > T(0)) - (x < T(0)));
 }
 
-template <class T> FUSEDOPT_HOST_DEVICE T max_of(T a, T b) { return a > b ? a : b; }
-template <class T> FUSEDOPT_HOST_DEVICE T min_of(T a, T b) { return a < b ? a : b; }
+template <class T> FUSEDOPT_HOST_DEVICE T max_of(T a, T b) { return (a > b || a != a) ? a : b; }
+template <class T> FUSEDOPT_HOST_DEVICE T min_of(T a, T b) { return (a < b || a != a) ? a : b; }
 
 // Validation helpers for hyperparameters; return nullptr when fine.
 inline bool in_unit_interval_open_right(double x) { return x >= 0.0 && x < 1.0; }

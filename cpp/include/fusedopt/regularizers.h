@@ -24,14 +24,15 @@
 namespace fusedopt::regularizers {
 
 // Elementwise gradient of the L1L2 penalty; `two_l2` is 2 * l2.
+// A zero strength's term is left out, as Keras's L1L2 does (0 * inf would be NaN).
 template <class Op>
 FUSEDOPT_HOST_DEVICE Op l1l2_gradient(Op w, Op l1, Op two_l2) {
-  return l1 * sign_of(w) + two_l2 * w;
+  return (l1 != Op(0) ? l1 * sign_of(w) : Op(0)) + (two_l2 != Op(0) ? two_l2 * w : Op(0));
 }
 
 // The L1L2 penalty from the sums sum|w| and sum w^2 (taken in double).
 inline double l1l2_penalty(double sum_abs, double sum_squares, double l1, double l2) {
-  return l1 * sum_abs + l2 * sum_squares;
+  return (l1 != 0.0 ? l1 * sum_abs : 0.0) + (l2 != 0.0 ? l2 * sum_squares : 0.0);
 }
 
 // Soft thresholding, the proximal operator of t * |w|: sign(w) * max(|w| - t, 0),

@@ -60,7 +60,7 @@ _SOURCES = ("fused_update_ops.cc", "fused_update_kernels.cc", "regularizer_dropo
 # engine its CUDA kernels; where they fail to compile, the library is built
 # without them (CPU kernels only) and status() says why.
 _GPU_SOURCES = ("fused_update_kernels_gpu.cc",)
-_HEADERS = ("fused_update_ops.h", "fused_update_kernel.h", "engine_status.h")
+_HEADERS = ("fused_update_ops.h", "fused_update_kernel.h", "engine_status.h", "input_shapes.h")
 _LIB_NAME = "fusedopt_tf_ops.so"
 _MANIFEST_NAME = "manifest.json"
 _LOCK_NAME = "build.lock"

@@ -225,8 +225,12 @@ class _Fused:
         for g, v in zip(grads, variables):
             if g is not None:
                 dtype = v.dtype
-                reg = (keras.ops.cast(self.l1, dtype) * keras.ops.sign(v)
-                       + keras.ops.cast(2.0 * self.l2, dtype) * v)
+                # Only the nonzero strengths' terms, as the fused op (0 * inf is NaN).
+                reg = 0.0
+                if self.l1:
+                    reg = reg + keras.ops.cast(self.l1, dtype) * keras.ops.sign(v)
+                if self.l2:
+                    reg = reg + keras.ops.cast(2.0 * self.l2, dtype) * v
                 g = keras.ops.convert_to_tensor(g) + (reg if replicas == 1 else reg / replicas)
             out.append(g)
         return out

@@ -69,7 +69,9 @@ struct Adafactor {
     return p - alpha * (u / clip_denominator);
   }
 
-  // One whole tensor of n elements. When `factored`, it is viewed as
+  // One whole tensor of n elements (an empty one is left as it is, its
+  // statistics included: Keras's mean over no elements would make a row or
+  // column statistic NaN). When `factored`, it is viewed as
   // [batch, rows, cols] and r, c hold [batch, rows] and [batch, cols];
   // otherwise r, c are unused placeholders. `decay` is the decoupled weight
   // decay factor wd * lr, applied first as Keras does.
