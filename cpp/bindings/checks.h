@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "../src/validation.h"
+
 namespace fusedopt::bindings {
 
 namespace py = pybind11;
@@ -96,22 +98,11 @@ inline double nonnegative_number(py::handle h, const std::string& name) {
 }
 
 // No output buffer may overlap any other buffer of the call.
-struct Span {
-  uintptr_t begin, end;
-  std::string name;
-};
+using Span = ByteSpan;
 
 inline void require_no_aliasing(std::vector<Span> outputs, const std::vector<Span>& inputs) {
-  std::sort(outputs.begin(), outputs.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
-  for (size_t i = 1; i < outputs.size(); ++i)
-    if (outputs[i].begin < outputs[i - 1].end)
-      throw py::value_error(outputs[i].name + " shares memory with " + outputs[i - 1].name);
-  for (const Span& in : inputs) {
-    auto it = std::upper_bound(outputs.begin(), outputs.end(), in.begin,
-                               [](uintptr_t x, const Span& s) { return x < s.end; });
-    if (it != outputs.end() && it->begin < in.end)
-      throw py::value_error(in.name + " shares memory with " + it->name);
-  }
+  const std::string err = check_no_overlap(std::move(outputs), inputs);
+  if (!err.empty()) throw py::value_error(err);
 }
 
 inline Span span_of(const py::array& a, const std::string& name) {

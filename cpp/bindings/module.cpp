@@ -133,9 +133,7 @@ void apply_py(const std::string& rule_name, py::handle params_h, py::handle grad
     keep_alive.push_back(std::move(g));
     batch.tensors.push_back(t);
   }
-  outputs.erase(std::remove_if(outputs.begin(), outputs.end(), [](const Span& s) { return s.end == s.begin; }), outputs.end());
-  inputs.erase(std::remove_if(inputs.begin(), inputs.end(), [](const Span& s) { return s.end == s.begin; }), inputs.end());
-  require_no_aliasing(outputs, inputs);
+  require_no_aliasing(nonempty(std::move(outputs)), nonempty(inputs));
 
   if (dry_run) return;
   Update update;

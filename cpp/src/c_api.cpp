@@ -240,8 +240,9 @@ int fusedopt_dropout(int dtype, const void* in, void* out, const int64_t* x_shap
     if (mask_out != nullptr) {
       std::vector<ByteSpan> inputs = {byte_span(mask_in, mask_in ? mask_bytes : 0, 1, "mask_in")};
       if (in != out) inputs.push_back(byte_span(in, size, es, "in"));
-      if (auto err = check_no_overlap({byte_span(out, size, es, "out"), byte_span(mask_out, mask_bytes, 1, "mask_out")},
-                                      inputs);
+      if (auto err = check_no_overlap(
+              nonempty({byte_span(out, size, es, "out"), byte_span(mask_out, mask_bytes, 1, "mask_out")}),
+              nonempty(inputs));
           !err.empty())
         return err;
     }

@@ -210,8 +210,7 @@ void set_num_threads(int n) {
   if (s.pool && s.pool->num_threads() == n) return;
   // Start the new workers before dropping the old ones: if the system cannot
   // start them, the engine keeps the pool it had.
-  std::unique_ptr<ThreadPool> fresh(new ThreadPool(n));
-  s.pool = std::move(fresh);
+  s.pool = std::make_unique<ThreadPool>(n);
   s.num_threads = n;
 }
 

@@ -33,18 +33,21 @@ std::string check_buffer(const void* p, int64_t elements, int64_t element_size, 
 }
 
 std::string check_no_overlap(std::vector<ByteSpan> outputs, const std::vector<ByteSpan>& inputs) {
-  outputs.erase(std::remove_if(outputs.begin(), outputs.end(), [](const ByteSpan& s) { return s.end == s.begin; }),
-                outputs.end());
   std::sort(outputs.begin(), outputs.end(), [](const ByteSpan& a, const ByteSpan& b) { return a.begin < b.begin; });
   for (size_t i = 1; i < outputs.size(); ++i)
-    if (outputs[i].begin < outputs[i - 1].end) return outputs[i].name + " overlaps " + outputs[i - 1].name;
+    if (outputs[i].begin < outputs[i - 1].end) return outputs[i].name + " shares memory with " + outputs[i - 1].name;
   for (const ByteSpan& in : inputs) {
-    if (in.end == in.begin) continue;
     auto it = std::upper_bound(outputs.begin(), outputs.end(), in.begin,
                                [](uintptr_t x, const ByteSpan& s) { return x < s.end; });
-    if (it != outputs.end() && it->begin < in.end) return in.name + " overlaps " + it->name;
+    if (it != outputs.end() && it->begin < in.end) return in.name + " shares memory with " + it->name;
   }
   return "";
+}
+
+std::vector<ByteSpan> nonempty(std::vector<ByteSpan> spans) {
+  spans.erase(std::remove_if(spans.begin(), spans.end(), [](const ByteSpan& s) { return s.end == s.begin; }),
+              spans.end());
+  return spans;
 }
 
 std::string validate_update(int rule_id, const Update& update) {
@@ -106,7 +109,7 @@ std::string validate_apply(int rule_id, const Batch& batch, const Update& update
       outputs.push_back(byte_span(t.state[k], state_sizes[k], es, name));
     }
   }
-  return check_no_overlap(std::move(outputs), inputs);
+  return check_no_overlap(nonempty(std::move(outputs)), nonempty(inputs));
 }
 
 }  // namespace fusedopt

@@ -36,8 +36,11 @@ inline ByteSpan byte_span(const void* p, int64_t elements, int64_t element_size,
   const auto b = reinterpret_cast<uintptr_t>(p);
   return ByteSpan{b, b + uintptr_t(elements) * uintptr_t(element_size), std::move(name)};
 }
-// No output span may overlap another output or an input (empty spans ignored).
+// No output span may overlap another output or an input: "" or a message
+// "<a> shares memory with <b>". Shared by the C API and the pybind11 checks.
 std::string check_no_overlap(std::vector<ByteSpan> outputs, const std::vector<ByteSpan>& inputs);
+// `spans` without the empty ones (an empty buffer is never read or written).
+std::vector<ByteSpan> nonempty(std::vector<ByteSpan> spans);
 // A buffer of `elements` values of `element_size` bytes: null only when empty,
 // aligned to its element size; `elements` in range.
 std::string check_buffer(const void* p, int64_t elements, int64_t element_size, const std::string& name);
