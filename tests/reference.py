@@ -39,6 +39,8 @@ KERAS_DEFAULTS = {
     "Muon": dict(learning_rate=0.001, adam_beta_1=0.9, adam_beta_2=0.999, adam_weight_decay=0.004,
                  epsilon=1e-7, weight_decay=0.004, muon_a=3.4445, muon_b=-4.7750, muon_c=2.0315,
                  adam_lr_ratio=1.0, momentum=0.95, ns_steps=5, nesterov=True, rms_rate=0.2),
+    # Not in Keras: the defaults of the Adan authors' reference implementation.
+    "Adan": dict(learning_rate=0.001, beta_1=0.98, beta_2=0.92, beta_3=0.99, epsilon=1e-8),
 }
 
 
@@ -62,6 +64,7 @@ def slot_names(name: str, h: dict) -> list[str]:
         "Adafactor": ["r", "c", "velocity"],
         "ScheduleFreeAdamW": ["momentum", "velocity"],
         "Muon": ["momentum", "velocity"],
+        "Adan": ["momentum", "difference_momentum", "velocity", "previous_gradient"],
     }[name]
 
 
@@ -295,3 +298,20 @@ class Reference:
         if h["rms_rate"] is not None:
             update = update * math.sqrt(max(p.shape)) * h["rms_rate"]
         p -= update
+
+    def _adan(self, p, g, s, lr, t):
+        """Xie et al. 2022, Algorithm 1, in the reference implementation's form
+        (betas as decay rates, bias-corrected, the first step's difference 0)."""
+        h = self.h
+        b1, b2, b3 = h["beta_1"], h["beta_2"], h["beta_3"]
+        m, v, n = s["momentum"], s["difference_momentum"], s["velocity"]
+        previous = s["previous_gradient"]
+        d = np.zeros_like(g) if t == 1 else g - previous
+        m[...] = b1 * m + (1 - b1) * g
+        v[...] = b2 * v + (1 - b2) * d
+        n[...] = b3 * n + (1 - b3) * (g + b2 * d) ** 2
+        previous[...] = g
+        m_hat = m / (1 - b1 ** t)
+        v_hat = v / (1 - b2 ** t)
+        n_hat = n / (1 - b3 ** t)
+        p -= lr * (m_hat + b2 * v_hat) / (np.sqrt(n_hat) + h["epsilon"])

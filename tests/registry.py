@@ -108,6 +108,25 @@ CASES = [
          {"learning_rate": 0.01, "rms_rate": None, "ns_steps": 3, "weight_decay": 0.1}, kind="muon"),
 ]
 
+
+
+def _registry_cases() -> list[Case]:
+    """A default case and a weight-decay case for every NumPy optimizer the list
+    above lacks (fusedopt.optimizers.__all__), so that a new rule runs through
+    every generic test from its first commit. No Keras twin is assumed."""
+    covered = {c.cls for c in CASES}
+    out = []
+    for name in fusedopt.optimizers.__all__:
+        cls = getattr(fusedopt.optimizers, name)
+        if cls is fusedopt.Optimizer or cls in covered:
+            continue
+        rule = name.lower()
+        out.append(Case(rule, cls, {"learning_rate": 0.01}, keras=False))
+        out.append(Case(f"{rule}-wd", cls, {"learning_rate": 0.01, "weight_decay": 0.02}, keras=False))
+    return out
+
+
+CASES += _registry_cases()
 CASE_IDS = [c.id for c in CASES]
 KERAS_CASES = [c for c in CASES if c.keras]
 

@@ -221,10 +221,14 @@ PYBIND11_MODULE(_core, m) {
       py::dict d;
       d["hyper"] = r.hyper_names;
       d["states"] = r.state_names;
+      py::list defaults;  // None: no default (the caller passes it)
+      for (double v : r.hyper_defaults) defaults.append(std::isnan(v) ? py::none() : py::object(py::float_(v)));
+      d["defaults"] = defaults;
       out[py::str(r.name)] = d;
     }
     return out;
-  }, "Every rule's hyperparameter names and state (slot) names, in order.");
+  }, "Every rule, in id order: its hyperparameter names and Keras defaults (None: no\n"
+     "default) and its state (slot) names, in the engine's order.");
   m.def("set_num_threads", [](int n) {
     py::gil_scoped_release release;  // waits for a running step
     fusedopt::set_num_threads(n);   // std::invalid_argument -> ValueError, runtime_error -> RuntimeError

@@ -29,13 +29,13 @@ inline int blocks_for(int64_t n) { return int(ceil_div(n, kChunk)); }
 template <class T>
 __global__ void __launch_bounds__(kBlockThreads)
     prepare_kernel(T* p, const T* g, T* coupled_g, int64_t n,
-                   const ExtraScalars<opmath_t<T>> x, double* partials) {
+                   const ElementPipeline<opmath_t<T>> x, double* partials) {
   using Op = opmath_t<T>;
   double sum = 0.0;
   FUSEDOPT_FOR_BLOCK_ELEMENTS(i, n) {
     Op pv = Op(p[i]);
-    if (coupled_g) coupled_g[i] = T(Op(g[i]) + regularizers::l1l2_gradient(pv, x.l1, x.two_l2));
-    pv = decayed(x, pv);
+    if (coupled_g) coupled_g[i] = T(x.gradient(pv, Op(g[i])));
+    pv = x.decayed(pv);
     p[i] = T(pv);
     sum += double(pv) * double(pv);
   }
@@ -137,13 +137,13 @@ __global__ void __launch_bounds__(kBlockThreads)
 template <class T>
 __global__ void __launch_bounds__(kBlockThreads)
     apply_kernel(T* p, const T* g, const T* v, int64_t n, const double* sums,
-                 const Rule::Scalars<opmath_t<T>> k, const ExtraScalars<opmath_t<T>> x) {
+                 const Rule::Scalars<opmath_t<T>> k, const ElementPipeline<opmath_t<T>> x) {
   using Op = opmath_t<T>;
   const Op alpha = Rule::alpha(k, sums[0], n);
   const Op clip = Rule::clip_denominator(k, sums[1], n);
   FUSEDOPT_FOR_BLOCK_ELEMENTS(i, n) {
     T pt = T(Rule::apply(Op(p[i]), alpha, Rule::direction(Op(g[i]), Op(v[i])), clip));
-    if (x.proximal) pt = T(regularizers::soft_threshold(Op(pt), x.threshold));
+    pt = T(x.finished(Op(pt)));
     p[i] = pt;
   }
 }
@@ -161,7 +161,7 @@ template <class T>
 void run_adafactor_typed(const std::vector<Tensor>& tensors, const Update& u, cudaStream_t stream) {
   using Op = opmath_t<T>;
   const auto k = Rule::prepare<Op>(u.hyper, u.step);
-  const auto x = extra_scalars<Op>(u);
+  const auto x = pipeline_of<Op>(u);
   size_t max_blocks = 0, max_columns = 0, max_batch = 0, max_n = 0;
   for (const Tensor& t : tensors) {
     max_blocks = std::max(max_blocks, size_t(blocks_for(t.size)));

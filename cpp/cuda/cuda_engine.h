@@ -31,13 +31,13 @@ enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3
 int itemsize(DType dtype);
 const char* dtype_name(DType dtype);
 
-constexpr int kMaxStates = 3;
+constexpr int kMaxStates = 4;
 
 // One tensor of an update, as the CPU engine's TensorRef.
 struct Tensor {
   void* param = nullptr;
   const void* grad = nullptr;
-  void* state[kMaxStates] = {nullptr, nullptr, nullptr};
+  void* state[kMaxStates] = {};
   int64_t size = 0;
   int64_t batch = 1, rows = 1, cols = 1;  // Adafactor's [batch, rows, cols] view
   bool factored = false;

@@ -1,48 +1,26 @@
 // The one templated kernel for every elementwise rule: in one pass over
 // memory, as the CPU engine's elementwise_range (cpp/src/kernels.cpp) does,
-// the coupled L1/L2 gradient (from p before the decay), the decoupled decay,
-// Rule::update from fusedopt/rules/*.h, and the proximal L1 step. Storage T
+// the element pipeline of fusedopt/pipeline.h around Rule::update. Storage T
 // (float, double, __half, __nv_bfloat16) is computed in opmath_t<T> (float
 // for the half types, double for double).
 #pragma once
 
-#include "fusedopt/regularizers.h"
+#include "fusedopt/pipeline.h"
 #include "fusedopt/rules.h"
 #include "multi_tensor.cuh"
 
 namespace fusedopt::cuda {
 
-// Per-step scalars beyond the rule's own (see Update).
-template <class Op> struct ExtraScalars {
-  Op decay, l1, two_l2, threshold;  // wd * lr, l1, 2 * l2, lr * proximal_l1
-  bool has_decay, coupled, proximal;
-};
-
-template <class Op> ExtraScalars<Op> extra_scalars(const Update& u) {
-  return {Op(u.decay),
-          Op(u.l1),
-          Op(2.0 * u.l2),
-          Op(u.step.learning_rate * u.proximal_l1),
-          u.decay != 0.0,
-          u.l1 != 0.0 || u.l2 != 0.0,
-          u.proximal_l1 != 0.0};
-}
-
-template <class Op>
-__device__ __forceinline__ Op coupled_grad(const ExtraScalars<Op>& x, Op p, Op g) {
-  return x.coupled ? g + regularizers::l1l2_gradient(p, x.l1, x.two_l2) : g;
-}
-template <class Op> __device__ __forceinline__ Op decayed(const ExtraScalars<Op>& x, Op p) {
-  return x.has_decay ? p - p * x.decay : p;
-}
-template <class Op> __device__ __forceinline__ Op proximal(const ExtraScalars<Op>& x, Op p) {
-  return x.proximal ? regularizers::soft_threshold(p, x.threshold) : p;
+// The pipeline around the rule (fusedopt/pipeline.h), from this step's Update;
+// on the GPU its stages branch on their (uniform) flags.
+template <class Op> ElementPipeline<Op> pipeline_of(const Update& u) {
+  return ElementPipeline<Op>::make(u.decay, u.l1, u.l2, u.step.learning_rate, u.proximal_l1);
 }
 
 template <class Rule, class T> struct ElementwiseArgs {
   using Op = opmath_t<T>;
   typename Rule::template Scalars<Op> rule;
-  ExtraScalars<Op> extra;
+  ElementPipeline<Op> pipe;
 };
 
 // Pointers: param, grad, then the rule's states.
@@ -54,13 +32,11 @@ template <class Rule, class T> struct ElementwiseFunctor {
 
   __device__ static void step(const Args& a, T& p, T g, T* s) {
     Op pv = Op(p);
-    const Op gv = coupled_grad(a.extra, pv, Op(g));
     Op st[N > 0 ? N : 1];
 #pragma unroll
     for (int k = 0; k < N; ++k) st[k] = Op(s[k]);
-    pv = decayed(a.extra, pv);
-    Rule::update(a.rule, pv, gv, st);
-    p = T(proximal(a.extra, pv));
+    a.pipe.template step<Rule>(a.rule, pv, Op(g), st);
+    p = T(pv);
 #pragma unroll
     for (int k = 0; k < N; ++k) s[k] = T(st[k]);
   }
@@ -114,7 +90,7 @@ void run_elementwise_typed(const std::vector<Tensor>& tensors, const Update& u,
                            cudaStream_t stream) {
   using F = ElementwiseFunctor<Rule, T>;
   using Op = opmath_t<T>;
-  const typename F::Args args{Rule::template prepare<Op>(u.hyper, u.step), extra_scalars<Op>(u)};
+  const typename F::Args args{Rule::template prepare<Op>(u.hyper, u.step), pipeline_of<Op>(u)};
   std::vector<int64_t> sizes;
   for (const Tensor& t : tensors) sizes.push_back(t.size);
   multi_tensor_apply<F, F::D>(

@@ -18,7 +18,7 @@ using Rule = rules::Lamb;
 template <class T> struct Pass1Args {
   using Op = opmath_t<T>;
   Rule::Scalars<Op> rule;
-  ExtraScalars<Op> extra;
+  ElementPipeline<Op> pipe;
   double* partials;  // [2 * chunk]: sum p^2, [2 * chunk + 1]: sum u^2
 };
 
@@ -29,9 +29,9 @@ template <class T> struct Pass1 {
   __device__ static void step(const Pass1Args<T>& a, T& p, T g, T& m, T& v, double& ps,
                               double& ds) {
     Op pv = Op(p);
-    const Op gv = coupled_grad(a.extra, pv, Op(g));
-    if (a.extra.has_decay) {
-      pv = decayed(a.extra, pv);
+    const Op gv = a.pipe.gradient(pv, Op(g));
+    if (a.pipe.decays) {
+      pv = a.pipe.decayed(pv);
       p = T(pv);
     }
     Op st[2] = {Op(m), Op(v)};
@@ -61,7 +61,7 @@ template <class T> struct Pass1 {
           V vv = reinterpret_cast<const V*>(v)[k];
 #pragma unroll
           for (int e = 0; e < V::kSize; ++e) step(a, pv.v[e], gv.v[e], mv.v[e], vv.v[e], ps, ds);
-          if (a.extra.has_decay) reinterpret_cast<V*>(p)[k] = pv;
+          if (a.pipe.decays) reinterpret_cast<V*>(p)[k] = pv;
           reinterpret_cast<V*>(m)[k] = mv;
           reinterpret_cast<V*>(v)[k] = vv;
         },
@@ -101,7 +101,7 @@ template <class Op> __global__ void lamb_ratio_kernel(const ReduceArgs<Op> a) {
 template <class T> struct Pass2Args {
   using Op = opmath_t<T>;
   Rule::Scalars<Op> rule;
-  ExtraScalars<Op> extra;
+  ElementPipeline<Op> pipe;
   const Op* ratio_lr;  // per tensor of the call
 };
 
@@ -112,7 +112,7 @@ template <class T> struct Pass2 {
   __device__ static void step(const Pass2Args<T>& a, Op r, T& p, T m, T v) {
     Op pv = Op(p);
     Rule::apply(r, pv, Rule::direction(a.rule, Op(m), Op(v)));
-    p = T(proximal(a.extra, pv));
+    p = T(a.pipe.finished(pv));
   }
 
   __device__ static void run(const TensorList<D>& tl, const BlockTask& task,
@@ -142,7 +142,7 @@ template <class T>
 void run_lamb_typed(const std::vector<Tensor>& tensors, const Update& u, cudaStream_t stream) {
   using Op = opmath_t<T>;
   const auto c = Rule::prepare<Op>(u.hyper, u.step);
-  const auto extra = extra_scalars<Op>(u);
+  const auto pipe = pipeline_of<Op>(u);
   std::vector<int64_t> sizes;
   for (const Tensor& t : tensors) sizes.push_back(t.size);
   const int64_t chunks = total_chunks(sizes);
@@ -159,7 +159,7 @@ void run_lamb_typed(const std::vector<Tensor>& tensors, const Update& u, cudaStr
         const Tensor& x = tensors[t];
         return d == 0 ? x.param : d == 1 ? const_cast<void*>(x.grad) : x.state[d - 2];
       },
-      Pass1Args<T>{c, extra, partials}, stream);
+      Pass1Args<T>{c, pipe, partials}, stream);
 
   ReduceArgs<Op> r{};
   r.lr = c.lr;
@@ -187,7 +187,7 @@ void run_lamb_typed(const std::vector<Tensor>& tensors, const Update& u, cudaStr
         const Tensor& x = tensors[t];
         return d == 0 ? x.param : x.state[d - 1];
       },
-      Pass2Args<T>{c, extra, ratio_lr}, stream);
+      Pass2Args<T>{c, pipe, ratio_lr}, stream);
 }
 
 }  // namespace

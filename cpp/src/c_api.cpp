@@ -95,6 +95,11 @@ const char* fusedopt_config_warning(void) {
   return warning.c_str();
 }
 
+int fusedopt_num_rules(void) { return int(rule_table().size()); }
+const char* fusedopt_rule_name(int rule) {
+  const RuleInfo* r = rule_at(rule);
+  return r ? r->name.c_str() : nullptr;
+}
 int fusedopt_rule_id(const char* name) {
   if (name == nullptr) return -1;
   const RuleInfo* r = find_rule(name);
@@ -123,6 +128,10 @@ const char* fusedopt_rule_hyper_name(int rule, int k) {
 const char* fusedopt_rule_state_name(int rule, int k) {
   const RuleInfo* r = rule_at(rule);
   return r && k >= 0 && size_t(k) < r->state_names.size() ? r->state_names[size_t(k)].c_str() : nullptr;
+}
+double fusedopt_rule_hyper_default(int rule, int k) {
+  const RuleInfo* r = rule_at(rule);
+  return r && k >= 0 && size_t(k) < r->hyper_defaults.size() ? r->hyper_defaults[size_t(k)] : kRequired;
 }
 const char* fusedopt_rule_validate(int rule, const double* hyper) {
   const RuleInfo* r = rule_at(rule);

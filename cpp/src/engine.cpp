@@ -32,27 +32,22 @@ FUSEDOPT_DECLARE_ISA(isa_avx512)
 
 namespace {
 
-template <class Rule>
-std::vector<std::string> names_of(const char* const* names, int count) {
-  std::vector<std::string> out;
-  for (int i = 0; i < count; ++i) out.emplace_back(names[i]);
-  return out;
-}
-
-template <class Rule>
-bool needs_positive_lr() {
-  if constexpr (std::is_same_v<Rule, rules::Ftrl>) return true;
-  return false;
+// A rule's facts, as its header declares them (fusedopt/rules.h).
+template <class R>
+RuleInfo info_of(int id) {
+  RuleInfo info{id, R::kName, {}, {}, {}, &R::validate, rules::factored_states<R>::value,
+                rules::needs_positive_learning_rate<R>::value};
+  for (int k = 0; k < R::kNumHyper; ++k) {
+    info.hyper_names.emplace_back(R::kHyperNames[k]);
+    info.hyper_defaults.push_back(R::kHyperDefaults[k]);
+  }
+  for (int k = 0; k < R::kNumStates; ++k) info.state_names.emplace_back(R::kStateNames[k]);
+  return info;
 }
 
 std::vector<RuleInfo> build_rule_table() {
   std::vector<RuleInfo> table;
-#define FUSEDOPT_RULE_INFO(R)                                                          \
-  table.push_back(RuleInfo{int(table.size()), rules::R::kName,                       \
-                           names_of<rules::R>(rules::R::kHyperNames, rules::R::kNumHyper), \
-                           names_of<rules::R>(rules::R::kStateNames, rules::R::kNumStates), \
-                           &rules::R::validate, std::is_same_v<rules::R, rules::Adafactor>, \
-                           needs_positive_lr<rules::R>()});
+#define FUSEDOPT_RULE_INFO(R) table.push_back(info_of<rules::R>(int(table.size())));
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_INFO)
 #undef FUSEDOPT_RULE_INFO
   return table;

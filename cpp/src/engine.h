@@ -14,12 +14,12 @@
 namespace fusedopt {
 
 enum class DType { kFloat32, kFloat64 };
-constexpr int kMaxStates = 3;
+constexpr int kMaxStates = 4;  // Adan's four
 
 struct TensorRef {
   void* param = nullptr;
   const void* grad = nullptr;
-  void* state[kMaxStates] = {nullptr, nullptr, nullptr};
+  void* state[kMaxStates] = {};
   int64_t size = 0;
   // Adafactor's view of a rank >= 2 tensor: [batch, rows, cols].
   int64_t batch = 1, rows = 1, cols = 1;
@@ -48,6 +48,7 @@ struct RuleInfo {
   std::string name;
   std::vector<std::string> hyper_names;
   std::vector<std::string> state_names;
+  std::vector<double> hyper_defaults;  // kRequired (NaN): no default
   const char* (*validate)(const double*);
   bool factored_states;  // Adafactor: states 0 and 1 are row/column statistics
   bool needs_positive_learning_rate;

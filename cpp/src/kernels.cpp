@@ -5,8 +5,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "adafactor_driver.h"
 #include "engine.h"
-#include "fusedopt/regularizers.h"
+#include "fusedopt/pipeline.h"
 #include "fusedopt/rules.h"
 
 #ifndef FUSEDOPT_ISA_NAMESPACE
@@ -22,14 +23,8 @@ T* offset(void* base, int64_t begin) {
   return base == nullptr ? nullptr : static_cast<T*>(base) + begin;
 }
 
-// The fused regularization's scalars (see Update and fusedopt/regularizers.h).
-template <class Op> struct RegScalars {
-  Op l1, two_l2, threshold;  // l1, 2 * l2, lr * proximal_l1
-  bool coupled, proximal;
-};
-template <class Op> RegScalars<Op> reg_scalars(const Update& u) {
-  return {Op(u.l1), Op(2.0 * u.l2), Op(u.step.learning_rate * u.proximal_l1),
-          u.l1 != 0.0 || u.l2 != 0.0, u.proximal_l1 != 0.0};
+template <class Op> ElementPipeline<Op> pipeline_of(const Update& u) {
+  return ElementPipeline<Op>::make(u.decay, u.l1, u.l2, u.step.learning_rate, u.proximal_l1);
 }
 
 // f(std::true_type{}) or f(std::false_type{}): a runtime flag as a template flag.
@@ -40,13 +35,11 @@ template <class F> void with_flag(bool flag, F&& f) {
     f(std::false_type{});
 }
 
-// In one pass over memory: the coupled L1/L2 gradient from p, then decay
-// (p <- p - p * wd * lr, before the update as Keras applies it), then the
-// rule, then the proximal L1 step. Each is compiled in only when in use (a
-// runtime branch in the loop would stop it from vectorizing).
+// One pass over memory: the pipeline (fusedopt/pipeline.h) with only the
+// stages in use compiled in.
 template <class Rule, class T, bool kDecay, bool kCoupled, bool kProximal>
-void elementwise_range(const typename Rule::template Scalars<opmath_t<T>>& c, opmath_t<T> decay,
-                       const RegScalars<opmath_t<T>>& reg, const TensorRef& t, int64_t begin,
+void elementwise_range(const typename Rule::template Scalars<opmath_t<T>>& c,
+                       const ElementPipeline<opmath_t<T>> pipe, const TensorRef& t, int64_t begin,
                        int64_t end) {
   using Op = opmath_t<T>;
   constexpr int N = Rule::kNumStates;
@@ -55,23 +48,22 @@ void elementwise_range(const typename Rule::template Scalars<opmath_t<T>>& c, op
   T* __restrict s0 = offset<T>(t.state[0], begin);
   T* __restrict s1 = offset<T>(t.state[1], begin);
   T* __restrict s2 = offset<T>(t.state[2], begin);
+  T* __restrict s3 = offset<T>(t.state[3], begin);
   const int64_t n = end - begin;
 #pragma GCC ivdep
   for (int64_t i = 0; i < n; ++i) {
     Op pv = Op(p[i]);
-    Op gv = Op(g[i]);
-    if constexpr (kCoupled) gv = gv + regularizers::l1l2_gradient(pv, reg.l1, reg.two_l2);
     Op st[kMaxStates];
     if constexpr (N > 0) st[0] = Op(s0[i]);
     if constexpr (N > 1) st[1] = Op(s1[i]);
     if constexpr (N > 2) st[2] = Op(s2[i]);
-    if constexpr (kDecay) pv = pv - pv * decay;
-    Rule::update(c, pv, gv, st);
-    if constexpr (kProximal) pv = regularizers::soft_threshold(pv, reg.threshold);
+    if constexpr (N > 3) st[3] = Op(s3[i]);
+    pipe.template step<Rule, kDecay, kCoupled, kProximal>(c, pv, Op(g[i]), st);
     p[i] = T(pv);
     if constexpr (N > 0) s0[i] = T(st[0]);
     if constexpr (N > 1) s1[i] = T(st[1]);
     if constexpr (N > 2) s2[i] = T(st[2]);
+    if constexpr (N > 3) s3[i] = T(st[3]);
   }
 }
 
@@ -79,16 +71,15 @@ template <class Rule, class T>
 void run_elementwise(const Batch& batch, const Update& u) {
   using Op = opmath_t<T>;
   const auto c = Rule::template prepare<Op>(u.hyper, u.step);
-  const Op decay = Op(u.decay);
-  const auto reg = reg_scalars<Op>(u);
+  const auto pipe = pipeline_of<Op>(u);
   const auto chunks = make_chunks(batch);
-  with_flag(u.decay != 0.0, [&](auto kDecay) {
-    with_flag(reg.coupled, [&](auto kCoupled) {
-      with_flag(reg.proximal, [&](auto kProximal) {
+  with_flag(pipe.decays, [&](auto kDecay) {
+    with_flag(pipe.coupled, [&](auto kCoupled) {
+      with_flag(pipe.proximal, [&](auto kProximal) {
         for_each_chunk(chunks, [&](size_t i) {
           const Chunk& ch = chunks[i];
           elementwise_range<Rule, T, kDecay, kCoupled, kProximal>(
-              c, decay, reg, batch.tensors[size_t(ch.tensor)], ch.begin, ch.end);
+              c, pipe, batch.tensors[size_t(ch.tensor)], ch.begin, ch.end);
         });
       });
     });
@@ -112,12 +103,11 @@ void run_lamb(const Batch& batch, const Update& u) {
   using Rule = rules::Lamb;
   using Op = opmath_t<T>;
   const auto c = Rule::prepare<Op>(u.hyper, u.step);
-  const Op decay = Op(u.decay);
-  const auto reg = reg_scalars<Op>(u);
+  const auto pipe = pipeline_of<Op>(u);
   const auto chunks = make_chunks(batch);
   std::vector<double> param_sq(chunks.size()), dir_sq(chunks.size());
 
-  // Pass 1: coupled L1/L2, weight decay, moments, and per-chunk sums of p^2 and u^2.
+  // Pass 1: the pipeline's gradient and decay stages, moments, and per-chunk sums of p^2 and u^2.
   for_each_chunk(chunks, [&](size_t i) {
     const Chunk& ch = chunks[i];
     const TensorRef& t = batch.tensors[size_t(ch.tensor)];
@@ -128,10 +118,9 @@ void run_lamb(const Batch& batch, const Update& u) {
     SquareSums ps, ds;
     for (int64_t k = 0; k < ch.end - ch.begin; ++k) {
       Op pv = Op(p[k]);
-      Op gv = Op(g[k]);
-      if (reg.coupled) gv = gv + regularizers::l1l2_gradient(pv, reg.l1, reg.two_l2);
-      if (u.decay != 0.0) {
-        pv = pv - pv * decay;
+      const Op gv = pipe.gradient(pv, Op(g[k]));
+      if (pipe.decays) {
+        pv = pipe.decayed(pv);
         p[k] = T(pv);
       }
       Op st[2] = {Op(m[k]), Op(v[k])};
@@ -155,7 +144,7 @@ void run_lamb(const Batch& batch, const Update& u) {
   for (size_t t = 0; t < batch.tensors.size(); ++t)
     ratio_lr[t] = Op(Rule::trust_ratio(std::sqrt(p_norm[t]), std::sqrt(d_norm[t]))) * c.lr;
 
-  // Pass 2: apply, then the proximal L1 step.
+  // Pass 2: apply, then the pipeline's proximal stage.
   for_each_chunk(chunks, [&](size_t i) {
     const Chunk& ch = chunks[i];
     const TensorRef& t = batch.tensors[size_t(ch.tensor)];
@@ -166,36 +155,22 @@ void run_lamb(const Batch& batch, const Update& u) {
     for (int64_t k = 0; k < ch.end - ch.begin; ++k) {
       Op pv = Op(p[k]);
       Rule::apply(r, pv, Rule::direction(c, Op(m[k]), Op(v[k])));
-      if (reg.proximal) pv = regularizers::soft_threshold(pv, reg.threshold);
-      p[k] = T(pv);
+      p[k] = T(pipe.finished(pv));
     }
   });
 }
 
 template <class T>
 void run_adafactor(const Batch& batch, const Update& u) {
-  using Rule = rules::Adafactor;
   using Op = opmath_t<T>;
-  const auto c = Rule::prepare<Op>(u.hyper, u.step);
-  const auto reg = reg_scalars<Op>(u);
+  const auto c = rules::Adafactor::prepare<Op>(u.hyper, u.step);
+  const auto pipe = pipeline_of<Op>(u);
   for_each_index(batch.tensors.size(), [&](size_t i) {
     const TensorRef& t = batch.tensors[i];
-    T* p = static_cast<T*>(t.param);
-    const T* g = static_cast<const T*>(t.grad);
-    // Adafactor reads g in several passes, after p has changed: the coupled
-    // L1/L2 gradient (from p before the decay) goes into a copy first.
-    std::vector<T> coupled_grad;
-    if (reg.coupled) {
-      coupled_grad.resize(size_t(t.size));
-      for (int64_t k = 0; k < t.size; ++k)
-        coupled_grad[size_t(k)] = T(Op(g[k]) + regularizers::l1l2_gradient(Op(p[k]), reg.l1, reg.two_l2));
-      g = coupled_grad.data();
-    }
-    Rule::update_tensor<T, Op>(c, Op(u.decay), p, g, static_cast<T*>(t.state[0]),
-                               static_cast<T*>(t.state[1]), static_cast<T*>(t.state[2]),
-                               t.size, t.factored, t.batch, t.rows, t.cols);
-    if (reg.proximal)
-      for (int64_t k = 0; k < t.size; ++k) p[k] = T(regularizers::soft_threshold(Op(p[k]), reg.threshold));
+    adafactor_update_tensor<T, Op>(c, pipe, static_cast<T*>(t.param), static_cast<const T*>(t.grad),
+                                   static_cast<T*>(t.state[0]), static_cast<T*>(t.state[1]),
+                                   static_cast<T*>(t.state[2]), t.size, t.factored, t.batch, t.rows,
+                                   t.cols);
   });
 }
 

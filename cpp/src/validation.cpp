@@ -83,7 +83,7 @@ std::string validate_apply(int rule_id, const Batch& batch, const Update& update
     const TensorRef& t = batch.tensors[i];
     if (auto err = check_buffer(t.param, t.size, es, tensor_label("param", i)); !err.empty()) return err;
     if (auto err = check_buffer(t.grad, t.size, es, tensor_label("grad", i)); !err.empty()) return err;
-    int64_t state_sizes[kMaxStates] = {t.size, t.size, t.size};
+    int64_t state_sizes[kMaxStates] = {t.size, t.size, t.size, t.size};
     if (rule.factored_states) {
       state_sizes[0] = state_sizes[1] = 0;  // unused placeholders unless factored
       if (t.factored) {

@@ -17,6 +17,7 @@ namespace fusedopt {
 // API's.
 template <class Record>
 void copy_tensor_record(const fusedopt_tensor& in, Record* t) {
+  static_assert(sizeof(t->state) / sizeof(t->state[0]) == FUSEDOPT_MAX_STATES, "state slots");
   t->param = in.param;
   t->grad = in.grad;
   for (int k = 0; k < kMaxStates; ++k) t->state[k] = in.state[k];

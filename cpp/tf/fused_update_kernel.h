@@ -65,10 +65,7 @@ class FusedUpdateOp : public OpKernel {
  public:
   explicit FusedUpdateOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     const std::string& op = ctx->def().op();
-#define FUSEDOPT_MATCH_RULE(op_name, rule) \
-    if (op == op_name) rule_ = fusedopt_rule_id(rule);
-    FUSEDOPT_TF_FOR_EACH_OP(FUSEDOPT_MATCH_RULE)
-#undef FUSEDOPT_MATCH_RULE
+    rule_ = FusedUpdateRule(op);
     OP_REQUIRES(ctx, rule_ >= 0, errors::Internal("fusedopt engine has no rule for ", op));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("num_tensors", &num_tensors_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("num_states", &num_states_));

@@ -45,11 +45,21 @@ class VariableListOp : public OpKernel {
 };
 REGISTER_KERNEL_BUILDER(Name("FusedoptVariableList").Device(DEVICE_CPU), VariableListOp);
 
-#define FUSEDOPT_REGISTER_KERNELS(op_name, rule)                                         \
-  REGISTER_KERNEL_BUILDER(Name(op_name).Device(DEVICE_CPU).TypeConstraint<float>("T"),   \
-                          FusedUpdateOp<CpuBackend, float>);                             \
-  REGISTER_KERNEL_BUILDER(Name(op_name).Device(DEVICE_CPU).TypeConstraint<double>("T"),  \
-                          FusedUpdateOp<CpuBackend, double>);
-FUSEDOPT_TF_FOR_EACH_OP(FUSEDOPT_REGISTER_KERNELS)
+template <typename T>
+OpKernel* MakeCpuKernel(OpKernelConstruction* ctx) {
+  return new FusedUpdateOp<CpuBackend, T>(ctx);
+}
+
+const InitOnStartupMarker kCpuKernelsRegistered = [] {
+  ForEachFusedUpdateOp([](const std::string& op_name, int) {
+    kernel_factory::OpKernelRegistrar(
+        register_kernel::Name(op_name.c_str()).Device(DEVICE_CPU).TypeConstraint<float>("T").Build(),
+        "FusedUpdateOp<CPU, float>", &MakeCpuKernel<float>);
+    kernel_factory::OpKernelRegistrar(
+        register_kernel::Name(op_name.c_str()).Device(DEVICE_CPU).TypeConstraint<double>("T").Build(),
+        "FusedUpdateOp<CPU, double>", &MakeCpuKernel<double>);
+  });
+  return InitOnStartupMarker{};
+}();
 
 }  // namespace tensorflow

@@ -57,20 +57,32 @@ struct GpuBackend {
   }
 };
 
+template <typename T>
+OpKernel* MakeGpuKernel(OpKernelConstruction* ctx) {
+  return new FusedUpdateOp<GpuBackend, T>(ctx);
+}
+
 // The scalars are read on the host while the kernel validates its inputs.
-#define FUSEDOPT_REGISTER_GPU_KERNEL(op_name, type)                                   \
-  REGISTER_KERNEL_BUILDER(Name(op_name)                                               \
-                              .Device(DEVICE_GPU)                                     \
-                              .HostMemory("hyper")                                    \
-                              .HostMemory("learning_rate")                            \
-                              .HostMemory("step")                                     \
-                              .HostMemory("decay")                                    \
-                              .HostMemory("regularization")                           \
-                              .TypeConstraint<type>("T"),                             \
-                          FusedUpdateOp<GpuBackend, type>);
-#define FUSEDOPT_REGISTER_GPU_KERNELS(op_name, rule) \
-  FUSEDOPT_REGISTER_GPU_KERNEL(op_name, float)       \
-  FUSEDOPT_REGISTER_GPU_KERNEL(op_name, double)
-FUSEDOPT_TF_FOR_EACH_OP(FUSEDOPT_REGISTER_GPU_KERNELS)
+template <typename T>
+void RegisterGpuKernel(const std::string& op_name) {
+  kernel_factory::OpKernelRegistrar(register_kernel::Name(op_name.c_str())
+                                        .Device(DEVICE_GPU)
+                                        .HostMemory("hyper")
+                                        .HostMemory("learning_rate")
+                                        .HostMemory("step")
+                                        .HostMemory("decay")
+                                        .HostMemory("regularization")
+                                        .TypeConstraint<T>("T")
+                                        .Build(),
+                                    "FusedUpdateOp<GPU>", &MakeGpuKernel<T>);
+}
+
+const InitOnStartupMarker kGpuKernelsRegistered = [] {
+  ForEachFusedUpdateOp([](const std::string& op_name, int) {
+    RegisterGpuKernel<float>(op_name);
+    RegisterGpuKernel<double>(op_name);
+  });
+  return InitOnStartupMarker{};
+}();
 
 }  // namespace tensorflow

@@ -32,25 +32,27 @@ inline absl::Status FusedUpdateShape(shape_inference::InferenceContext* c) {
 //          kernel: a reordered or renamed list is an error, not a silent mix-up)
 // learning_rate, step (1-based), decay (decoupled weight decay factor wd * lr)
 // regularization: [l1, l2, proximal_l1], fused into the same pass (0 = off)
-#define FUSEDOPT_REGISTER_OP(op_name, rule)                       \
-  REGISTER_OP(op_name)                                            \
-      .Input("params: num_tensors * resource")                    \
-      .Input("states: num_states * resource")                     \
-      .Input("grads: num_tensors * T")                            \
-      .Input("hyper: double")                                     \
-      .Input("learning_rate: double")                             \
-      .Input("step: int64")                                       \
-      .Input("decay: double")                                     \
-      .Input("regularization: double")                            \
-      .Attr("T: {float, double}")                                 \
-      .Attr("num_tensors: int >= 0")                              \
-      .Attr("num_states: int >= 0")                               \
-      .Attr("state_list: bool = false")                           \
-      .Attr("hyper_names: list(string) >= 0")                     \
-      .SetIsStateful()                                            \
-      .SetShapeFn(FusedUpdateShape);
-
-FUSEDOPT_TF_FOR_EACH_OP(FUSEDOPT_REGISTER_OP)
+const InitOnStartupMarker kFusedUpdateOpsRegistered = [] {
+  ForEachFusedUpdateOp([](const std::string& op_name, int) {
+    register_op::OpDefBuilderWrapper(op_name.c_str())
+        .Input("params: num_tensors * resource")
+        .Input("states: num_states * resource")
+        .Input("grads: num_tensors * T")
+        .Input("hyper: double")
+        .Input("learning_rate: double")
+        .Input("step: int64")
+        .Input("decay: double")
+        .Input("regularization: double")
+        .Attr("T: {float, double}")
+        .Attr("num_tensors: int >= 0")
+        .Attr("num_states: int >= 0")
+        .Attr("state_list: bool = false")
+        .Attr("hyper_names: list(string) >= 0")
+        .SetIsStateful()
+        .SetShapeFn(FusedUpdateShape)();
+  });
+  return InitOnStartupMarker{};
+}();
 
 // A fixed list of resource variables behind one handle (it holds a reference
 // to each; freed with the last copy of the handle). Built once per set of

@@ -11,24 +11,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from fusedopt import _core, ops, regularizers
-from fusedopt.optimizers import (
-    SGD,
-    Adadelta,
-    Adafactor,
-    Adagrad,
-    Adam,
-    Adamax,
-    AdamW,
-    Ftrl,
-    Lamb,
-    Lion,
-    Muon,
-    Nadam,
-    Optimizer,
-    RMSprop,
-    ScheduleFreeAdamW,
-)
+from fusedopt import _core, ops, optimizers, regularizers
+from fusedopt.optimizers import *  # noqa: F403 - every optimizer: optimizers.__all__
 
 __version__ = "0.1.0"
 
@@ -126,21 +110,7 @@ def _installed_dir(relative: Path, marker: str) -> str:
 
 
 __all__ = [
-    "Optimizer",
-    "SGD",
-    "RMSprop",
-    "Adagrad",
-    "Adadelta",
-    "Adam",
-    "AdamW",
-    "Adamax",
-    "Nadam",
-    "Ftrl",
-    "Lion",
-    "Lamb",
-    "Adafactor",
-    "ScheduleFreeAdamW",
-    "Muon",
+    *optimizers.__all__,
     "ops",
     "regularizers",
     "build_info",

@@ -31,36 +31,10 @@ from fusedopt._dropout import dropout, dropout_backward
 
 RULES: dict = _core.rules()
 
-# Keras's defaults, per rule (the hyperparameters the engine takes).
-_DEFAULTS: dict[str, dict[str, float]] = {
-    "sgd": {},
-    "sgd_momentum": {"momentum": 0.9},
-    "sgd_nesterov": {"momentum": 0.9},
-    "sgd_dampened": {"momentum": 0.9},
-    "rmsprop": {"rho": 0.9, "momentum": 0.0, "epsilon": 1e-7},
-    "rmsprop_momentum": {"rho": 0.9, "momentum": 0.9, "epsilon": 1e-7},
-    "rmsprop_centered": {"rho": 0.9, "momentum": 0.0, "epsilon": 1e-7},
-    "rmsprop_centered_momentum": {"rho": 0.9, "momentum": 0.9, "epsilon": 1e-7},
-    "adagrad": {"epsilon": 1e-7},
-    "adadelta": {"rho": 0.95, "epsilon": 1e-7},
-    "adam": {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7},
-    "adam_amsgrad": {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7},
-    "adamax": {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7},
-    "nadam": {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "u_product": None},
-    "ftrl": {
-        "learning_rate_power": -0.5,
-        "l1_regularization_strength": 0.0,
-        "l2_regularization_strength": 0.0,
-        "l2_shrinkage_regularization_strength": 0.0,
-        "beta": 0.0,
-    },
-    "lion": {"beta_1": 0.9, "beta_2": 0.99},
-    "lamb": {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7},
-    "adafactor": {"beta_2_decay": -0.8, "epsilon_1": 1e-30, "epsilon_2": 1e-3, "clip_threshold": 1.0},
-    "schedule_free_adamw": {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-8, "warmup_steps": 0,
-                            "x_from_new_z": False},
-    "muon_momentum": {"momentum": 0.95, "nesterov": True},
-}
+# Keras's defaults, per rule (the hyperparameters the engine takes; None:
+# no default, the caller passes it), as each rule's header declares them.
+_DEFAULTS: dict[str, dict[str, float | None]] = {
+    rule: dict(zip(info["hyper"], info["defaults"])) for rule, info in RULES.items()}
 
 
 def apply(
@@ -141,31 +115,13 @@ def _make_kernel(rule: str) -> Callable[..., None]:
     kernel.__doc__ = (
         f"One in-place step of the {rule!r} rule over lists of arrays.\n\n"
         f"State lists, in order: {', '.join(_plural(n) for n in state_names) or 'none'}. Hyperparameters "
-        f"(Keras defaults): {defaults or 'none'}. See the module docstring and "
+        f"(Keras defaults; None: required): {defaults or 'none'}. See the module docstring and "
         f"`fusedopt/include/fusedopt/rules/` for the exact update."
     )
     return kernel
 
 
-sgd_ = _make_kernel("sgd")
-sgd_momentum_ = _make_kernel("sgd_momentum")
-sgd_nesterov_ = _make_kernel("sgd_nesterov")
-sgd_dampened_ = _make_kernel("sgd_dampened")
-rmsprop_ = _make_kernel("rmsprop")
-rmsprop_momentum_ = _make_kernel("rmsprop_momentum")
-rmsprop_centered_ = _make_kernel("rmsprop_centered")
-rmsprop_centered_momentum_ = _make_kernel("rmsprop_centered_momentum")
-adagrad_ = _make_kernel("adagrad")
-adadelta_ = _make_kernel("adadelta")
-adam_ = _make_kernel("adam")
-adam_amsgrad_ = _make_kernel("adam_amsgrad")
-adamax_ = _make_kernel("adamax")
-nadam_ = _make_kernel("nadam")
-ftrl_ = _make_kernel("ftrl")
-lion_ = _make_kernel("lion")
-lamb_ = _make_kernel("lamb")
-adafactor_ = _make_kernel("adafactor")
-schedule_free_adamw_ = _make_kernel("schedule_free_adamw")
-muon_momentum_ = _make_kernel("muon_momentum")
+# One kernel per rule: adam_, sgd_momentum_, ... (fusedopt.ops.RULES).
+globals().update({f"{rule}_": _make_kernel(rule) for rule in RULES})
 
 __all__ = ["RULES", "apply", "dropout", "dropout_backward"] + [f"{r}_" for r in RULES]

@@ -41,7 +41,7 @@ LearningRate = Union[float, Callable[[int], Any]]
 
 __all__ = [
     "Optimizer", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "AdamW", "Adamax",
-    "Nadam", "Ftrl", "Lion", "Lamb", "Adafactor", "ScheduleFreeAdamW", "Muon",
+    "Nadam", "Ftrl", "Lion", "Lamb", "Adafactor", "ScheduleFreeAdamW", "Muon", "Adan",
 ]
 
 
@@ -823,3 +823,41 @@ class Muon(Optimizer):
                 "muon_a": self.muon_a, "muon_b": self.muon_b, "muon_c": self.muon_c,
                 "adam_lr_ratio": self.adam_lr_ratio, "momentum": self.momentum,
                 "ns_steps": self.ns_steps, "nesterov": self.nesterov, "rms_rate": self.rms_rate}
+
+
+class Adan(Optimizer):
+    r"""Adan, adaptive Nesterov momentum (not in Keras), as the authors' reference
+    implementation computes it (betas as decay rates):
+
+    .. math::
+        d = g - g_{t-1}\ (0 \text{ at } t = 1),\quad
+        m \leftarrow \beta_1 m + (1-\beta_1) g,\quad
+        v \leftarrow \beta_2 v + (1-\beta_2) d\\
+        n \leftarrow \beta_3 n + (1-\beta_3)(g + \beta_2 d)^2,\quad
+        p \leftarrow p - \eta\,\frac{m/(1-\beta_1^t) + \beta_2 v/(1-\beta_2^t)}
+        {\sqrt{n/(1-\beta_3^t)} + \epsilon}
+
+    Slots: momentum (m), difference_momentum (v), velocity (n),
+    previous_gradient. ``weight_decay`` is decoupled, ``p -= p * wd * lr``
+    before the update (the reference implementation's ``no_prox=True``).
+    Reference: Xie et al., "Adan: Adaptive Nesterov Momentum Algorithm for
+    Faster Optimizing Deep Models", 2022 (IEEE TPAMI 2024), Algorithm 1.
+    """
+
+    _rule = "adan"
+
+    def __init__(self, params, learning_rate: LearningRate = 0.001, beta_1: float = 0.98,
+                 beta_2: float = 0.92, beta_3: float = 0.99, epsilon: float = 1e-8,
+                 **kwargs) -> None:
+        self.beta_1 = _check_beta(beta_1, "beta_1")
+        self.beta_2 = _check_beta(beta_2, "beta_2")
+        self.beta_3 = _check_beta(beta_3, "beta_3")
+        self.epsilon = _check_number(epsilon, "epsilon", low=0.0)
+        super().__init__(params, learning_rate, **kwargs)
+
+    def _hyper(self):
+        return {"beta_1": self.beta_1, "beta_2": self.beta_2, "beta_3": self.beta_3,
+                "epsilon": self.epsilon}
+
+    def get_config(self):
+        return {**super().get_config(), **self._hyper()}

@@ -37,17 +37,25 @@ const char* fusedopt_last_error(void);
  * in 1..1024), or "". */
 const char* fusedopt_config_warning(void);
 
+/* The most state buffers a rule has (fusedopt_rule_num_states). */
+#define FUSEDOPT_MAX_STATES 4
+
 typedef struct fusedopt_tensor {
   void* param;
   const void* grad;
-  void* state[3];
+  void* state[FUSEDOPT_MAX_STATES];
   int64_t size;
   /* Adafactor's [batch, rows, cols] view of a rank >= 2 tensor. */
   int64_t batch, rows, cols;
   int32_t factored;
 } fusedopt_tensor;
 
-/* Rule queries: -1 when there is no rule of that name or id. */
+/* Rule queries: -1 when there is no rule of that name or id. Rule ids are
+ * 0 .. fusedopt_num_rules() - 1, stable across releases (new rules are
+ * appended). */
+int fusedopt_num_rules(void);
+/* A rule's name (e.g. "adam"), NULL when out of range. */
+const char* fusedopt_rule_name(int rule);
 int fusedopt_rule_id(const char* name);
 int fusedopt_rule_num_states(int rule);
 int fusedopt_rule_num_hyper(int rule);
@@ -57,6 +65,9 @@ int fusedopt_rule_needs_positive_learning_rate(int rule);
  * when out of range. Adapters pass hyperparameters by these names. */
 const char* fusedopt_rule_hyper_name(int rule, int k);
 const char* fusedopt_rule_state_name(int rule, int k);
+/* Hyperparameter k's default (Keras's); NaN when it has none (the caller
+ * must pass it, e.g. Nadam's u_product) or when out of range. */
+double fusedopt_rule_hyper_default(int rule, int k);
 /* NULL when the hyperparameters (fusedopt_rule_num_hyper(rule) values) are
  * valid, else a message naming the bad one. */
 const char* fusedopt_rule_validate(int rule, const double* hyper);

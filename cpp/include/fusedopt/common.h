@@ -36,7 +36,11 @@ template <class T> FUSEDOPT_HOST_DEVICE T sign_of(T x) {
 template <class T> FUSEDOPT_HOST_DEVICE T max_of(T a, T b) { return (a > b || a != a) ? a : b; }
 template <class T> FUSEDOPT_HOST_DEVICE T min_of(T a, T b) { return (a < b || a != a) ? a : b; }
 
-// Validation helpers for hyperparameters; return nullptr when fine.
+// A hyperparameter default (kHyperDefaults) that is not a number: the caller
+// must pass the value (e.g. Nadam's running u_product).
+constexpr double kRequired = __builtin_nan("");
+
+// Validation helpers for hyperparameters.
 inline bool in_unit_interval_open_right(double x) { return x >= 0.0 && x < 1.0; }
 
 }  // namespace fusedopt

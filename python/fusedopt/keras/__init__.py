@@ -23,22 +23,8 @@ from typing import Any
 
 from fusedopt.keras import _op_library, layers, regularizers
 from fusedopt.keras._op_library import OpLibraryError
-from fusedopt.keras.optimizers import (
-    SGD,
-    Adadelta,
-    Adafactor,
-    Adagrad,
-    Adam,
-    Adamax,
-    AdamW,
-    Ftrl,
-    Lamb,
-    Lion,
-    Muon,
-    Nadam,
-    RMSprop,
-    ScheduleFreeAdamW,
-)
+from fusedopt.keras import optimizers
+from fusedopt.keras.optimizers import *  # noqa: F403 - every optimizer: optimizers.__all__
 
 
 def build_ops(force: bool = False) -> str:
@@ -64,7 +50,6 @@ def op_library_status() -> dict[str, Any]:
 
 
 __all__ = [
-    "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "AdamW", "Adamax", "Nadam", "Ftrl",
-    "Lion", "Lamb", "Adafactor", "ScheduleFreeAdamW", "Muon", "build_ops", "prebuild",
-    "op_library_status", "OpLibraryError", "layers", "regularizers",
+    *optimizers.__all__, "build_ops", "prebuild", "op_library_status", "OpLibraryError", "layers",
+    "regularizers",
 ]

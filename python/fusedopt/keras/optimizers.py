@@ -30,7 +30,7 @@ from fusedopt.optimizers import _check_number as check_number
 
 __all__ = [
     "SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "AdamW", "Adamax", "Nadam", "Ftrl",
-    "Lion", "Lamb", "Adafactor", "ScheduleFreeAdamW", "Muon",
+    "Lion", "Lamb", "Adafactor", "ScheduleFreeAdamW", "Muon", "Adan",
 ]
 
 def _float64(value: Any) -> Any:
@@ -610,3 +610,104 @@ class Muon(_Fused, keras.optimizers.Muon):
 
     def _fused_learning_rate(self, learning_rate):
         return learning_rate * self.adam_lr_ratio
+
+
+class _RuleOptimizer(_Fused):
+    """A rule Keras does not ship, on ``keras.optimizers.Optimizer``: its slots
+    are the rule's states (names and order from the engine's registry, one
+    variable per state and model variable, zeros) and its hyperparameters are
+    the attributes of the same names. A subclass gives `_rule` (the engine
+    rule), its constructor and `update_step` in ``keras.ops`` (Keras's update:
+    the fallback, and every backend but TensorFlow's)."""
+
+    _rule: str
+
+    @property
+    def _state_names(self) -> list:
+        return _core.rules()[self._rule]["states"]
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self._rule_slots = {
+            name: [self.add_variable_from_reference(v, name) for v in variables]
+            for name in self._state_names}
+
+    def _fused_rule(self):
+        return self._rule
+
+    def _fused_hyper(self):
+        return {name: getattr(self, name) for name in _core.rules()[self._rule]["hyper"]}
+
+    def _fused_slots(self, variable):
+        index = self._get_variable_index(variable)
+        return [self._rule_slots[name][index] for name in self._state_names]
+
+    def _slots_of(self, variable) -> list:
+        """This variable's slot variables, in the rule's order (for `update_step`)."""
+        return self._fused_slots(variable)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({name: getattr(self, name) for name in _core.rules()[self._rule]["hyper"]})
+        return config
+
+
+@_register
+class Adan(_RuleOptimizer, keras.optimizers.Optimizer):
+    r"""Adan, adaptive Nesterov momentum (Keras has none), with Keras's
+    optimizer arguments; the update is ``fusedopt.Adan``'s:
+
+    .. math::
+        d = g - g_{t-1}\ (0 \text{ at } t = 1),\quad
+        m \leftarrow \beta_1 m + (1-\beta_1) g,\quad
+        v \leftarrow \beta_2 v + (1-\beta_2) d\\
+        n \leftarrow \beta_3 n + (1-\beta_3)(g + \beta_2 d)^2,\quad
+        p \leftarrow p - \eta\,\frac{m/(1-\beta_1^t) + \beta_2 v/(1-\beta_2^t)}
+        {\sqrt{n/(1-\beta_3^t)} + \epsilon}
+
+    Slots per variable: momentum, difference_momentum, velocity,
+    previous_gradient. ``weight_decay`` is Keras's decoupled decay
+    (``p -= p * wd * lr`` before the update). On the TensorFlow backend the
+    step is one fused op; elsewhere (and under XLA) it is `update_step`, the
+    same formulas in ``keras.ops``. Reference: Xie et al., "Adan: Adaptive
+    Nesterov Momentum Algorithm for Faster Optimizing Deep Models", 2022.
+    """
+
+    _rule = "adan"
+
+    def __init__(self, learning_rate=0.001, beta_1=0.98, beta_2=0.92, beta_3=0.99, epsilon=1e-8,
+                 weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+                 use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None,
+                 loss_scale_factor=None, gradient_accumulation_steps=None, name="adan", **kwargs):
+        for arg, value in (("beta_1", beta_1), ("beta_2", beta_2), ("beta_3", beta_3)):
+            check_number(value, arg, low=0.0, high=1.0, high_open=True)
+        check_number(epsilon, "epsilon", low=0.0)
+        super().__init__(learning_rate=learning_rate, name=name, weight_decay=weight_decay,
+                         clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm,
+                         use_ema=use_ema, ema_momentum=ema_momentum,
+                         ema_overwrite_frequency=ema_overwrite_frequency,
+                         loss_scale_factor=loss_scale_factor,
+                         gradient_accumulation_steps=gradient_accumulation_steps, **kwargs)
+        self.beta_1, self.beta_2, self.beta_3, self.epsilon = beta_1, beta_2, beta_3, epsilon
+
+    def update_step(self, gradient, variable, learning_rate):
+        ops = keras.ops
+        dtype = variable.dtype
+        lr = ops.cast(learning_rate, dtype)
+        gradient = ops.cast(gradient, dtype)
+        t = ops.cast(self.iterations + 1, dtype)
+        b1, b2, b3 = (ops.cast(b, dtype) for b in (self.beta_1, self.beta_2, self.beta_3))
+        m, v, n, g_prev = self._slots_of(variable)
+        d = ops.where(ops.equal(self.iterations, 0), ops.zeros_like(gradient),
+                      ops.subtract(gradient, g_prev))
+        self.assign(m, ops.add(ops.multiply(b1, m), ops.multiply(1 - b1, gradient)))
+        self.assign(v, ops.add(ops.multiply(b2, v), ops.multiply(1 - b2, d)))
+        w = ops.add(gradient, ops.multiply(b2, d))
+        self.assign(n, ops.add(ops.multiply(b3, n), ops.multiply(1 - b3, ops.square(w))))
+        self.assign(g_prev, gradient)
+        step_m = lr / (1 - ops.power(b1, t))
+        step_v = lr * b2 / (1 - ops.power(b2, t))
+        denominator = ops.sqrt(n) / ops.sqrt(1 - ops.power(b3, t)) + ops.cast(self.epsilon, dtype)
+        self.assign_sub(variable, ops.divide(ops.add(step_m * m, step_v * v), denominator))

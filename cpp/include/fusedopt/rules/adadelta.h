@@ -12,6 +12,7 @@ struct Adadelta {
   static constexpr const char* kName = "adadelta";
   enum Hyper { kRho, kEpsilon, kNumHyper };
   static constexpr const char* kHyperNames[kNumHyper] = {"rho", "epsilon"};
+  static constexpr double kHyperDefaults[kNumHyper] = {0.95, 1e-7};
   static constexpr int kNumStates = 2;
   static constexpr const char* kStateNames[kNumStates] = {"accumulated_grad",
                                                           "accumulated_delta_var"};

@@ -10,20 +10,20 @@
 //   u = g / sqrt(v);  p <- p - alpha * u / max(1, rms(u) / clip_threshold)
 // Keras's `relative_step` only re-applies min(lr, 1/sqrt(t)), which rho_t
 // already does, so it does not change the numbers.
-// Reductions are per tensor: the engine runs one tensor per task, serially, so
-// results do not depend on the thread count. Sums are taken in double.
+// The drivers that run these pieces over whole tensors: cpp/src/adafactor_driver.h
+// (CPU) and cpp/cuda/adafactor.cu.
 #pragma once
-#include <vector>
-
 #include "../common.h"
 
 namespace fusedopt::rules {
 
 struct Adafactor {
   static constexpr const char* kName = "adafactor";
+  static constexpr bool kFactoredStates = true;  // states 0, 1: row/column statistics
   enum Hyper { kBeta2Decay, kEpsilon1, kEpsilon2, kClipThreshold, kNumHyper };
   static constexpr const char* kHyperNames[kNumHyper] = {"beta_2_decay", "epsilon_1",
                                                          "epsilon_2", "clip_threshold"};
+  static constexpr double kHyperDefaults[kNumHyper] = {-0.8, 1e-30, 1e-3, 1.0};
   static constexpr int kNumStates = 3;
   static constexpr const char* kStateNames[kNumStates] = {"r", "c", "velocity"};
   static const char* validate(const double* h) {
@@ -41,7 +41,7 @@ struct Adafactor {
             Op(h[kEpsilon2]), Op(h[kClipThreshold]), Op(b2t), Op(1.0 - b2t)};
   }
 
-  // The elementwise pieces, shared by update_tensor and the CUDA kernels.
+  // The elementwise pieces, shared by the CPU and CUDA drivers.
   // s = g^2 + eps1
   template <class Op> FUSEDOPT_HOST_DEVICE static Op squared_grad(const Scalars<Op>& k, Op g) {
     return g * g + k.eps1;
@@ -67,71 +67,6 @@ struct Adafactor {
   template <class Op>
   FUSEDOPT_HOST_DEVICE static Op apply(Op p, Op alpha, Op u, Op clip_denominator) {
     return p - alpha * (u / clip_denominator);
-  }
-
-  // One whole tensor of n elements (an empty one is left as it is, its
-  // statistics included: Keras's mean over no elements would make a row or
-  // column statistic NaN). When `factored`, it is viewed as
-  // [batch, rows, cols] and r, c hold [batch, rows] and [batch, cols];
-  // otherwise r, c are unused placeholders. `decay` is the decoupled weight
-  // decay factor wd * lr, applied first as Keras does.
-  template <class T, class Op>
-  static void update_tensor(const Scalars<Op>& k, Op decay, T* p, const T* g, T* r, T* c, T* v,
-                            int64_t n, bool factored, int64_t batch, int64_t rows, int64_t cols) {
-    if (n == 0) return;
-    double sum_p2 = 0.0;
-    for (int64_t i = 0; i < n; ++i) {
-      Op pv = Op(p[i]);
-      if (decay != Op(0)) pv = pv - pv * decay;
-      p[i] = T(pv);
-      sum_p2 += double(pv) * double(pv);
-    }
-    const Op alpha_t = alpha(k, sum_p2, n);
-
-    if (factored) {
-      std::vector<double> col_sum(static_cast<size_t>(cols));
-      for (int64_t b = 0; b < batch; ++b) {
-        const T* gb = g + b * rows * cols;
-        T* rb = r + b * rows;
-        T* cb = c + b * cols;
-        std::fill(col_sum.begin(), col_sum.end(), 0.0);
-        double r_total = 0.0;
-        for (int64_t i = 0; i < rows; ++i) {
-          double row_sum = 0.0;
-          for (int64_t j = 0; j < cols; ++j) {
-            const Op gv = Op(gb[i * cols + j]);
-            const double s = double(squared_grad(k, gv));
-            row_sum += s;
-            col_sum[size_t(j)] += s;
-          }
-          const Op rv = average(k, Op(rb[i]), Op(row_sum / double(cols)));
-          rb[i] = T(rv);
-          r_total += double(rv);
-        }
-        for (int64_t j = 0; j < cols; ++j)
-          cb[j] = T(average(k, Op(cb[j]), Op(col_sum[size_t(j)] / double(rows))));
-        const Op r_mean = Op(r_total / double(rows));
-        T* vb = v + b * rows * cols;
-        for (int64_t i = 0; i < rows; ++i) {
-          const Op row_factor = Op(rb[i]) / r_mean;
-          for (int64_t j = 0; j < cols; ++j) vb[i * cols + j] = T(row_factor * Op(cb[j]));
-        }
-      }
-    } else {
-      for (int64_t i = 0; i < n; ++i) {
-        const Op gv = Op(g[i]);
-        v[i] = T(average(k, Op(v[i]), squared_grad(k, gv)));
-      }
-    }
-
-    double sum_u2 = 0.0;
-    for (int64_t i = 0; i < n; ++i) {
-      const Op u = direction(Op(g[i]), Op(v[i]));
-      sum_u2 += double(u) * double(u);
-    }
-    const Op clip = clip_denominator(k, sum_u2, n);
-    for (int64_t i = 0; i < n; ++i)
-      p[i] = T(apply(Op(p[i]), alpha_t, direction(Op(g[i]), Op(v[i])), clip));
   }
 };
 

@@ -10,6 +10,7 @@ struct Adagrad {
   static constexpr const char* kName = "adagrad";
   enum Hyper { kEpsilon, kNumHyper };
   static constexpr const char* kHyperNames[kNumHyper] = {"epsilon"};
+  static constexpr double kHyperDefaults[kNumHyper] = {1e-7};
   static constexpr int kNumStates = 1;
   static constexpr const char* kStateNames[kNumStates] = {"accumulator"};
   static const char* validate(const double* h) {

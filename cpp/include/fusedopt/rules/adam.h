@@ -16,6 +16,7 @@ struct AdamT {
   static constexpr const char* kName = kAmsgrad ? "adam_amsgrad" : "adam";
   enum Hyper { kBeta1, kBeta2, kEpsilon, kNumHyper };
   static constexpr const char* kHyperNames[kNumHyper] = {"beta_1", "beta_2", "epsilon"};
+  static constexpr double kHyperDefaults[kNumHyper] = {0.9, 0.999, 1e-7};
   static constexpr int kNumStates = kAmsgrad ? 3 : 2;
   static constexpr const char* kAllStateNames[3] = {"momentum", "velocity", "velocity_hat"};
   static constexpr const char* const* kStateNames = kAllStateNames;

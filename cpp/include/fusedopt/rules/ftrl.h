@@ -12,10 +12,12 @@ namespace fusedopt::rules {
 
 struct Ftrl {
   static constexpr const char* kName = "ftrl";
+  static constexpr bool kNeedsPositiveLearningRate = true;  // it divides by lr
   enum Hyper { kLrPower, kL1, kL2, kL2Shrinkage, kBeta, kNumHyper };
   static constexpr const char* kHyperNames[kNumHyper] = {
       "learning_rate_power", "l1_regularization_strength", "l2_regularization_strength",
       "l2_shrinkage_regularization_strength", "beta"};
+  static constexpr double kHyperDefaults[kNumHyper] = {-0.5, 0.0, 0.0, 0.0, 0.0};
   static constexpr int kNumStates = 2;
   static constexpr const char* kStateNames[kNumStates] = {"accumulator", "linear"};
   static const char* validate(const double* h) {
@@ -26,7 +28,6 @@ struct Ftrl {
     if (!(h[kBeta] >= 0.0)) return "beta must be >= 0";
     return nullptr;
   }
-  static bool needs_positive_learning_rate() { return true; }
   template <class Op> struct Scalars {
     Op lr, power, two_l2_shrinkage, l1, two_l2_total;
     bool power_is_half;  // the default: use sqrt, which is exact

@@ -14,6 +14,7 @@ struct Lamb {
   static constexpr const char* kName = "lamb";
   enum Hyper { kBeta1, kBeta2, kEpsilon, kNumHyper };
   static constexpr const char* kHyperNames[kNumHyper] = {"beta_1", "beta_2", "epsilon"};
+  static constexpr double kHyperDefaults[kNumHyper] = {0.9, 0.999, 1e-7};
   static constexpr int kNumStates = 2;
   static constexpr const char* kStateNames[kNumStates] = {"momentum", "velocity"};
   static const char* validate(const double* h) {

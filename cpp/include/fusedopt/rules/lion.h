@@ -10,6 +10,7 @@ struct Lion {
   static constexpr const char* kName = "lion";
   enum Hyper { kBeta1, kBeta2, kNumHyper };
   static constexpr const char* kHyperNames[kNumHyper] = {"beta_1", "beta_2"};
+  static constexpr double kHyperDefaults[kNumHyper] = {0.9, 0.99};
   static constexpr int kNumStates = 1;
   static constexpr const char* kStateNames[kNumStates] = {"momentum"};
   static const char* validate(const double* h) {

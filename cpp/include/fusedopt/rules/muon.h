@@ -15,6 +15,7 @@ struct MuonMomentum {
   static constexpr const char* kName = "muon_momentum";
   enum Hyper { kMomentum, kNesterov, kNumHyper };
   static constexpr const char* kHyperNames[kNumHyper] = {"momentum", "nesterov"};
+  static constexpr double kHyperDefaults[kNumHyper] = {0.95, 1.0};
   static constexpr int kNumStates = 1;
   static constexpr const char* kStateNames[kNumStates] = {"momentum"};
   static const char* validate(const double* h) {

@@ -16,6 +16,7 @@ struct Nadam {
   enum Hyper { kBeta1, kBeta2, kEpsilon, kUProduct, kNumHyper };
   static constexpr const char* kHyperNames[kNumHyper] = {"beta_1", "beta_2", "epsilon",
                                                          "u_product"};
+  static constexpr double kHyperDefaults[kNumHyper] = {0.9, 0.999, 1e-7, kRequired};
   static constexpr int kNumStates = 2;
   static constexpr const char* kStateNames[kNumStates] = {"momentum", "velocity"};
 

@@ -17,6 +17,7 @@ struct RmspropT {
       : (kMomentum ? "rmsprop_momentum" : "rmsprop");
   enum Hyper { kRho, kMomentumCoef, kEpsilon, kNumHyper };
   static constexpr const char* kHyperNames[kNumHyper] = {"rho", "momentum", "epsilon"};
+  static constexpr double kHyperDefaults[kNumHyper] = {0.9, kMomentum ? 0.9 : 0.0, 1e-7};
   static constexpr int kNumStates = 1 + int(kMomentum) + int(kCentered);
   static constexpr const char* kAllStateNames[3] = {
       "velocity", kMomentum ? "momentum" : "average_gradient", "average_gradient"};

@@ -22,6 +22,7 @@ struct ScheduleFreeAdamW {
   enum Hyper { kBeta1, kBeta2, kEpsilon, kWarmupSteps, kXFromNewZ, kNumHyper };
   static constexpr const char* kHyperNames[kNumHyper] = {"beta_1", "beta_2", "epsilon",
                                                          "warmup_steps", "x_from_new_z"};
+  static constexpr double kHyperDefaults[kNumHyper] = {0.9, 0.999, 1e-8, 0.0, 0.0};
   static constexpr int kNumStates = 2;
   static constexpr const char* kStateNames[kNumStates] = {"momentum", "velocity"};
   static const char* validate(const double* h) {

@@ -13,6 +13,7 @@ struct Sgd {
   static constexpr const char* kName = "sgd";
   enum Hyper { kNumHyper };
   static constexpr const char* const* kHyperNames = nullptr;
+  static constexpr const double* kHyperDefaults = nullptr;
   static constexpr int kNumStates = 0;
   static constexpr const char* const* kStateNames = nullptr;
   static const char* validate(const double*) { return nullptr; }
@@ -31,6 +32,7 @@ struct Sgd {
 struct SgdMomentumBase {
   enum Hyper { kMomentum, kNumHyper };
   static constexpr const char* kHyperNames[kNumHyper] = {"momentum"};
+  static constexpr double kHyperDefaults[kNumHyper] = {0.9};
   static constexpr int kNumStates = 1;
   static constexpr const char* kStateNames[kNumStates] = {"momentum"};
   static const char* validate(const double* h) {
