@@ -232,6 +232,8 @@ def _torch(rule: Rule, params: list, grads: list, dtype: str, seed: int, *, flav
 
 
 def _numpy(rule: Rule, params: list, grads: list, dtype: str, seed: int) -> Step:
+    if rule.kind != "dropout" and rule.name not in reference.STEPS:
+        raise Unavailable(f"the NumPy reference has no {rule.name} step")
     copies = params if rule.kind == "dropout" else [p.copy() for p in params]
     return reference.make_step(rule.name, copies, grads, seed)
 

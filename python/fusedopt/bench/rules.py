@@ -4,7 +4,8 @@ One `Rule` row per benchmark case names the class every front end shares
 (``fusedopt.X``, ``keras.optimizers.X``, ``fusedopt.keras.X``), the
 PyTorch and TF raw-op counterparts where they exist, and the number of
 full-size slots the rule reads and writes, from which the roofline's byte
-count follows.
+count follows. The table holds the variants and peers; every other optimizer
+of ``fusedopt.optimizers`` gets a default row from the engine's registry.
 """
 
 from __future__ import annotations
@@ -87,6 +88,27 @@ RULES: dict[str, Rule] = {r.name: r for r in [
     Rule("adam_l2", "Adam", {"l2": L2}, 2, _adam_torch(weight_decay=2 * L2)),
     Rule("dropout", None, {"rate": DROPOUT_RATE}, kind="dropout"),
 ]}
+
+
+def _registry_rules() -> dict[str, Rule]:
+    """A default case for every optimizer the table above does not name (a rule
+    new to fusedopt.optimizers.__all__): its class with default arguments, its
+    slot count from the engine's registry, no peers but Keras's (if Keras has
+    one of the same name: the keras-* rows say when it does not)."""
+    import fusedopt.optimizers
+    from fusedopt import _core
+
+    named = {r.cls for r in RULES.values()}
+    out = {}
+    for name in fusedopt.optimizers.__all__:
+        engine_rule = getattr(getattr(fusedopt.optimizers, name), "_rule", None)
+        if name in named or not isinstance(engine_rule, str):
+            continue
+        out[name.lower()] = Rule(name.lower(), name, {}, len(_core.rules()[engine_rule]["states"]))
+    return out
+
+
+RULES.update(_registry_rules())
 
 
 @dataclass(frozen=True)
