@@ -76,6 +76,9 @@ if(FUSEDOPT_WITH_CUDA)
   target_link_options(fusedopt_engine PRIVATE "LINKER:--exclude-libs,ALL")
 
   if(TARGET _core)
+    # The CUDA adapter's arrays and checks; cuda_bindings.cpp (always built)
+    # registers its entry points, or the CPU-only stubs without CUDA.
+    target_sources(_core PRIVATE cpp/bindings/cuda_arrays.cpp cpp/bindings/cuda_checks.cpp)
     target_compile_definitions(_core PRIVATE FUSEDOPT_WITH_CUDA)
   endif()
 endif()
