@@ -52,8 +52,8 @@ if(FUSEDOPT_WITH_CUDA)
   message(STATUS "fusedopt: CUDA ${CMAKE_CUDA_COMPILER_VERSION} kernels for ${_fusedopt_cuda_archs}")
 
   add_library(fusedopt_cuda_kernels OBJECT
-              cpp/cuda/cuda_engine.cu cpp/cuda/elementwise_sgd.cu cpp/cuda/elementwise_rmsprop.cu
-              cpp/cuda/elementwise_adam.cu cpp/cuda/elementwise_other.cu cpp/cuda/lamb.cu
+              cpp/cuda/cuda_engine.cu cpp/cuda/elementwise_part0.cu cpp/cuda/elementwise_part1.cu
+              cpp/cuda/elementwise_part2.cu cpp/cuda/elementwise_part3.cu cpp/cuda/lamb.cu
               cpp/cuda/adafactor.cu cpp/cuda/dropout.cu cpp/cuda/regularizers.cu)
   set_target_properties(fusedopt_cuda_kernels PROPERTIES
                         CUDA_ARCHITECTURES "${_fusedopt_cuda_archs}"
