@@ -13,12 +13,6 @@
 namespace fusedopt::bindings {
 namespace {
 
-std::string shape_text(const std::vector<int64_t>& s) {
-  std::string out = "(";
-  for (size_t d = 0; d < s.size(); ++d) out += std::to_string(s[d]) + (s.size() == 1 ? "," : d + 1 < s.size() ? ", " : "");
-  return out + ")";
-}
-
 // x (or dy): a C-contiguous float32/float64 array.
 DType float_input(const py::array& x, const std::string& name) {
   require_layout(x, name, false);
@@ -28,33 +22,8 @@ DType float_input(const py::array& x, const std::string& name) {
                        "; dropout supports float32 and float64");
 }
 
-double checked_rate(py::handle rate_h) {
-  const double rate = finite_number(rate_h, "rate");
-  if (!(rate >= 0.0 && rate < 1.0))
-    throw py::value_error("rate must be in [0, 1), got " + std::to_string(rate));
-  return rate;
-}
-
-// The noise shape, right-aligned against x's shape and padded with 1s; every
-// entry must be 1 or x's size there.
-NoiseBroadcast checked_noise(const py::array& x, const std::optional<std::vector<int64_t>>& noise) {
-  const std::vector<int64_t> x_shape(x.shape(), x.shape() + x.ndim());
-  if (!noise) return make_noise_broadcast(x_shape, x_shape);
-  const std::vector<int64_t>& given = *noise;
-  bool ok = given.size() <= x_shape.size();
-  std::vector<int64_t> padded(x_shape.size(), 1);
-  for (size_t d = 0; ok && d < given.size(); ++d) {
-    const size_t xd = x_shape.size() - given.size() + d;
-    ok = given[d] == 1 || given[d] == x_shape[xd];
-    padded[xd] = given[d];
-  }
-  if (!ok)
-    throw py::value_error("noise_shape " + shape_text(given) + " does not broadcast to x's shape " +
-                          shape_text(x_shape) + ": each entry must be 1 or x's size there");
-  return make_noise_broadcast(x_shape, padded);
-}
-
-int64_t mask_bytes(const NoiseBroadcast& nb) { return (nb.noise_size + 7) / 8; }
+// x's shape, as the noise shape is checked against it.
+std::vector<int64_t> dims(const py::array& x) { return std::vector<int64_t>(x.shape(), x.shape() + x.ndim()); }
 
 py::tuple dropout_py(py::handle x_h, py::handle rate_h, uint64_t seed0, uint64_t seed1,
                      const std::optional<std::vector<int64_t>>& noise_shape) {
@@ -62,7 +31,7 @@ py::tuple dropout_py(py::handle x_h, py::handle rate_h, uint64_t seed0, uint64_t
   DropoutCall call;
   call.dtype = float_input(x, "x");
   call.rate = checked_rate(rate_h);
-  call.noise = checked_noise(x, noise_shape);
+  call.noise = checked_noise(dims(x), noise_shape);
   py::array y(x.dtype(), std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
   py::array_t<uint8_t> mask(py::ssize_t(mask_bytes(call.noise)));
   const dropout::Stream stream = dropout::stream_from_seed(seed0, seed1);
@@ -85,7 +54,7 @@ py::array dropout_backward_py(py::handle dy_h, py::handle mask_h, py::handle rat
   DropoutCall call;
   call.dtype = float_input(dy, "dy");
   call.rate = checked_rate(rate_h);
-  call.noise = checked_noise(dy, noise_shape);
+  call.noise = checked_noise(dims(dy), noise_shape);
   py::array mask;
   if (mask_h.is_none() == !seed.has_value())
     throw py::value_error("pass exactly one of packed_mask (the mask from dropout) and seed "

@@ -19,65 +19,19 @@ using namespace fusedopt::bindings;
 
 namespace {
 
-
-// Adafactor's row/column statistics: shape[:-1] and shape[:-2] + shape[-1:]
-// for rank >= 2; a 0-d placeholder otherwise.
-std::vector<py::ssize_t> factored_shape(const std::vector<py::ssize_t>& shape, int which) {
-  if (shape.size() < 2) return {};
-  std::vector<py::ssize_t> out(shape.begin(), shape.end() - 2);
-  out.push_back(which == 0 ? shape[shape.size() - 2] : shape.back());
-  return out;
-}
-
 void apply_py(const std::string& rule_name, py::handle params_h, py::handle grads_h,
               py::handle states_h, py::dict hyper_d, int64_t step, py::handle lr_h,
               py::handle weight_decay_h, bool dry_run, py::handle l1_h, py::handle l2_h,
               py::handle proximal_l1_h) {
-  const RuleInfo* rule = find_rule(rule_name);
-  if (rule == nullptr) throw py::value_error("unknown rule '" + rule_name + "'");
-
-  // Scalars first: they are cheap and name themselves.
-  const double lr = finite_number(lr_h, "learning_rate");
-  if (lr < 0.0) throw py::value_error("learning_rate must be >= 0, got " + std::to_string(lr));
-  if (rule->needs_positive_learning_rate && lr <= 0.0)
-    throw py::value_error("learning_rate must be > 0 for " + rule->name);
-  const double wd = finite_number(weight_decay_h, "weight_decay");
-  if (wd < 0.0) throw py::value_error("weight_decay must be >= 0, got " + std::to_string(wd));
-  const double l1 = nonnegative_number(l1_h, "l1");
-  const double l2 = nonnegative_number(l2_h, "l2");
-  const double proximal_l1 = nonnegative_number(proximal_l1_h, "proximal_l1");
-  if (step < 1) throw py::value_error("step must be >= 1, got " + std::to_string(step));
-
-  std::vector<double> hyper;
-  for (const auto& name : rule->hyper_names) {
-    if (!hyper_d.contains(name)) throw py::value_error("missing hyperparameter '" + name + "' for " + rule->name);
-    hyper.push_back(finite_number(hyper_d[name.c_str()], name));
-  }
-  for (auto item : hyper_d) {
-    const auto key = py::str(item.first).cast<std::string>();
-    if (std::find(rule->hyper_names.begin(), rule->hyper_names.end(), key) == rule->hyper_names.end())
-      throw py::value_error("unknown hyperparameter '" + key + "' for " + rule->name);
-  }
-  if (const char* err = rule->validate(hyper.data())) throw py::value_error(err);
-
-  const py::sequence params = as_list(params_h, "params");
-  const py::sequence grads = as_list(grads_h, "grads");
-  const py::sequence states = as_list(states_h, "states");
+  const ApplyScalars scalars = checked_scalars(rule_name, hyper_d, step, lr_h, weight_decay_h,
+                                               l1_h, l2_h, proximal_l1_h);
+  const RuleInfo* rule = scalars.rule;
+  const ApplyLists lists = checked_lists(*rule, params_h, grads_h, states_h);
+  const py::sequence& params = lists.params;
+  const py::sequence& grads = lists.grads;
+  const std::vector<py::sequence>& state_lists = lists.states;
   const size_t n = params.size();
-  if (grads.size() != n)
-    throw py::value_error("grads has " + std::to_string(grads.size()) + " tensors but params has " + std::to_string(n));
-  const size_t num_states = rule->state_names.size();
-  if (states.size() != num_states)
-    throw py::value_error(rule->name + " takes " + std::to_string(num_states) + " state lists (" +
-                          std::to_string(states.size()) + " given)");
-  std::vector<py::sequence> state_lists;
-  for (size_t k = 0; k < num_states; ++k) {
-    const std::string sname = rule->state_names[k];
-    state_lists.push_back(as_list(states[k], sname));
-    if (state_lists.back().size() != n)
-      throw py::value_error(sname + " has " + std::to_string(state_lists.back().size()) +
-                            " tensors but params has " + std::to_string(n));
-  }
+  const size_t num_states = state_lists.size();
 
   Batch batch;
   std::vector<py::array> keep_alive;
@@ -136,13 +90,7 @@ void apply_py(const std::string& rule_name, py::handle params_h, py::handle grad
   require_no_aliasing(nonempty(std::move(outputs)), nonempty(inputs));
 
   if (dry_run) return;
-  Update update;
-  update.hyper = hyper.data();
-  update.step = StepArgs{step, lr};
-  update.decay = wd * lr;
-  update.l1 = l1;
-  update.l2 = l2;
-  update.proximal_l1 = proximal_l1;
+  const Update update = scalars.update<Update>();
   py::gil_scoped_release release;
   fusedopt::apply(rule->id, batch, update);
 }

@@ -52,8 +52,8 @@ if(FUSEDOPT_WITH_CUDA)
   message(STATUS "fusedopt: CUDA ${CMAKE_CUDA_COMPILER_VERSION} kernels for ${_fusedopt_cuda_archs}")
 
   add_library(fusedopt_cuda_kernels OBJECT
-              cpp/cuda/cuda_engine.cu cpp/cuda/elementwise_sgd.cu cpp/cuda/elementwise_rmsprop.cu
-              cpp/cuda/elementwise_adam.cu cpp/cuda/elementwise_other.cu cpp/cuda/lamb.cu
+              cpp/cuda/cuda_engine.cu cpp/cuda/elementwise_part0.cu cpp/cuda/elementwise_part1.cu
+              cpp/cuda/elementwise_part2.cu cpp/cuda/elementwise_part3.cu cpp/cuda/lamb.cu
               cpp/cuda/adafactor.cu cpp/cuda/dropout.cu cpp/cuda/regularizers.cu)
   set_target_properties(fusedopt_cuda_kernels PROPERTIES
                         CUDA_ARCHITECTURES "${_fusedopt_cuda_archs}"
@@ -76,6 +76,9 @@ if(FUSEDOPT_WITH_CUDA)
   target_link_options(fusedopt_engine PRIVATE "LINKER:--exclude-libs,ALL")
 
   if(TARGET _core)
+    # The CUDA adapter's arrays and checks; cuda_bindings.cpp (always built)
+    # registers its entry points, or the CPU-only stubs without CUDA.
+    target_sources(_core PRIVATE cpp/bindings/cuda_arrays.cpp cpp/bindings/cuda_checks.cpp)
     target_compile_definitions(_core PRIVATE FUSEDOPT_WITH_CUDA)
   endif()
 endif()

@@ -1,6 +1,4 @@
 // The CUDA engine's entry points: device queries and the rule dispatch.
-#include <type_traits>
-
 #include "device_common.cuh"
 #include "fusedopt/rules.h"
 #include "launchers.h"
@@ -53,23 +51,16 @@ const DeviceQuery& devices() {
   return q;
 }
 
-using RuleFn = void (*)(DType, const std::vector<Tensor>&, const Update&, cudaStream_t);
-
-template <class Rule> constexpr RuleFn rule_fn() {
-  if constexpr (std::is_same_v<Rule, rules::Lamb>)
-    return &run_lamb;
-  else if constexpr (std::is_same_v<Rule, rules::Adafactor>)
-    return &run_adafactor;
-  else
-    return &run_elementwise<Rule>;
+// Rule id -> launcher: Lamb and Adafactor have drivers of their own; every
+// other rule's elementwise kernel is in part (id % kElementwiseParts).
+RuleFn rule_launcher(int rule_id) {
+  if (rule_id == id_of<rules::Lamb>()) return &run_lamb;
+  if (rule_id == id_of<rules::Adafactor>()) return &run_adafactor;
+  constexpr RuleFn (*kParts[])(int) = {&elementwise_part<0>, &elementwise_part<1>,
+                                       &elementwise_part<2>, &elementwise_part<3>};
+  static_assert(sizeof(kParts) / sizeof(kParts[0]) == kElementwiseParts);
+  return kParts[rule_id % kElementwiseParts](rule_id);
 }
-
-constexpr RuleFn kRuleFns[] = {
-#define FUSEDOPT_RULE_FN(R) rule_fn<rules::R>(),
-    FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_FN)
-#undef FUSEDOPT_RULE_FN
-};
-constexpr int kNumRules = int(sizeof(kRuleFns) / sizeof(kRuleFns[0]));
 
 }  // namespace
 
@@ -100,9 +91,9 @@ int pointer_device(const void* ptr, std::string* why) {
 Status apply(int rule_id, DType dtype, const std::vector<Tensor>& tensors, const Update& update,
              int device, void* stream) {
   if (rule_id < 0 || rule_id >= kNumRules) return "unknown rule id " + std::to_string(rule_id);
-  return guarded(device, [&] {
-    kRuleFns[rule_id](dtype, tensors, update, static_cast<cudaStream_t>(stream));
-  });
+  const RuleFn launch = rule_launcher(rule_id);
+  if (launch == nullptr) return "no CUDA kernel for rule id " + std::to_string(rule_id);
+  return guarded(device, [&] { launch(dtype, tensors, update, static_cast<cudaStream_t>(stream)); });
 }
 
 Status synchronize(int device, void* stream) {

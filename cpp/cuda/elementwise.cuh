@@ -102,7 +102,7 @@ void run_elementwise_typed(const std::vector<Tensor>& tensors, const Update& u,
       args, stream);
 }
 
-// Every storage dtype of one rule (instantiated in elementwise_*.cu).
+// Every storage dtype of one rule (instantiated in elementwise_part*.cu).
 template <class Rule>
 void run_elementwise(DType dtype, const std::vector<Tensor>& tensors, const Update& u,
                      cudaStream_t stream) {
