@@ -124,12 +124,12 @@ def test_c_api_cuda_entry_points():
         # One tensor of 4 elements whose pointers are host memory: refused, with a reason.
         class Tensor(ctypes.Structure):
             _fields_ = [("param", ctypes.c_void_p), ("grad", ctypes.c_void_p),
-                        ("state", ctypes.c_void_p * 3), ("size", ctypes.c_int64),
+                        ("state", ctypes.c_void_p * 4), ("size", ctypes.c_int64),
                         ("batch", ctypes.c_int64), ("rows", ctypes.c_int64),
                         ("cols", ctypes.c_int64), ("factored", ctypes.c_int32)]
 
         host = np.zeros(4, np.float32)
-        t = Tensor(host.ctypes.data, host.ctypes.data, (ctypes.c_void_p * 3)(), 4, 1, 1, 1, 0)
+        t = Tensor(host.ctypes.data, host.ctypes.data, (ctypes.c_void_p * 4)(), 4, 1, 1, 1, 0)
         rule = lib.fusedopt_rule_id(b"sgd")
         lib.fusedopt_cuda_apply.argtypes = [
             ctypes.c_int, ctypes.c_int, ctypes.POINTER(Tensor), ctypes.c_int64,

@@ -42,7 +42,7 @@ def ops_spec(case):
         return rule, pick("rho", "momentum", "epsilon")
     if name in ("Adam", "AdamW"):
         return ("adam_amsgrad" if h["amsgrad"] else "adam"), pick("beta_1", "beta_2", "epsilon")
-    rule, keys = {
+    table = {
         "Adagrad": ("adagrad", ("epsilon",)),
         "Adadelta": ("adadelta", ("rho", "epsilon")),
         "Adamax": ("adamax", ("beta_1", "beta_2", "epsilon")),
@@ -54,7 +54,11 @@ def ops_spec(case):
         "Adafactor": ("adafactor", ("beta_2_decay", "epsilon_1", "epsilon_2", "clip_threshold")),
         "ScheduleFreeAdamW": ("schedule_free_adamw",
                               ("beta_1", "beta_2", "epsilon", "warmup_steps", "x_from_new_z")),
-    }[name]
+    }
+    if name not in table:  # a rule added since (one class, one rule): its arguments by the registry's names
+        rule = case.cls._rule
+        return rule, pick(*F.RULES[rule]["hyper"])
+    rule, keys = table[name]
     return rule, pick(*keys)
 
 

@@ -277,7 +277,7 @@ def test_misaligned_arrays_refused_by_every_numpy_entry_point():
 
 # -- 5. the C API ---------------------------------------------------------------------------------
 class _Tensor(ctypes.Structure):
-    _fields_ = [("param", ctypes.c_void_p), ("grad", ctypes.c_void_p), ("state", ctypes.c_void_p * 3),
+    _fields_ = [("param", ctypes.c_void_p), ("grad", ctypes.c_void_p), ("state", ctypes.c_void_p * 4),
                 ("size", ctypes.c_int64), ("batch", ctypes.c_int64), ("rows", ctypes.c_int64),
                 ("cols", ctypes.c_int64), ("factored", ctypes.c_int32)]
 
@@ -305,7 +305,7 @@ def _sgd_momentum_call(capi, p, g, m, **overrides):
     args = dict(rule=capi.fusedopt_rule_id(b"sgd_momentum"), dtype=0 if p.dtype == np.float32 else 1,
                 n=1, hyper=(0.9,), step=1, lr=0.1, decay=0.0)
     args.update(overrides)
-    t = _Tensor(p.ctypes.data, g.ctypes.data, (ctypes.c_void_p * 3)(m.ctypes.data, None, None), p.size,
+    t = _Tensor(p.ctypes.data, g.ctypes.data, (ctypes.c_void_p * 4)(m.ctypes.data, None, None, None), p.size,
                 1, 1, 1, 0)
     for key in ("param", "grad", "size", "factored", "batch", "rows", "cols"):
         if key in overrides:

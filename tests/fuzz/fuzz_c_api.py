@@ -74,7 +74,7 @@ i32, i64, u64, dbl, vp = ctypes.c_int, ctypes.c_int64, ctypes.c_uint64, ctypes.c
 
 class Tensor(ctypes.Structure):
     """fusedopt_tensor."""
-    _fields_ = [("param", vp), ("grad", vp), ("state", vp * 3), ("size", i64),
+    _fields_ = [("param", vp), ("grad", vp), ("state", vp * 4), ("size", i64),
                 ("batch", i64), ("rows", i64), ("cols", i64), ("factored", ctypes.c_int32)]
 
 

@@ -167,7 +167,7 @@ def nonnegative(x):
 
 KERNEL_HYPER_RANGES = {
     # (rule or "*", hyperparameter) -> test of a finite value
-    ("*", "beta_1"): in_unit, ("*", "beta_2"): in_unit, ("*", "rho"): in_unit,
+    ("*", "beta_1"): in_unit, ("*", "beta_2"): in_unit, ("*", "beta_3"): in_unit, ("*", "rho"): in_unit,
     ("*", "momentum"): in_unit, ("*", "epsilon"): nonnegative,
     ("sgd_momentum", "momentum"): lambda x: 0 <= x <= 1, ("sgd_nesterov", "momentum"): lambda x: 0 <= x <= 1,
     ("lion", "beta_1"): lambda x: 0 < x <= 1,
@@ -189,6 +189,7 @@ KERNEL_HYPER_RANGES = {
 VALID_HYPER = {
     "beta_1": float_in(0.0, 0.99, [0.0, 0.9]),
     "beta_2": float_in(0.0, 0.999, [0.0, 0.999]),
+    "beta_3": float_in(0.0, 0.999, [0.0, 0.99]),
     "rho": float_in(0.05, 0.99, [0.9]),
     "momentum": float_in(0.0, 0.99, [0.0, 0.9]),
     "epsilon": st.sampled_from([0.0, 1e-8, 1e-7, 1e-6, 1e-3, 0.1]),
@@ -780,6 +781,7 @@ OPTIMIZER_ARGS = {
                   "epsilon_2": (nonnegative, False), "clip_threshold": (lambda x: x > 0, False)},
     "ScheduleFreeAdamW": {"beta_1": (lambda x: 0 < x < 1, False), "beta_2": (beta, False),
                           "epsilon": (nonnegative, False), "warmup_steps": (nonnegative, False)},
+    "Adan": {**ADAM_ARGS, "beta_3": (beta, False)},
     "Muon": {"adam_beta_1": (beta, False), "adam_beta_2": (beta, False),
              "adam_weight_decay": (nonnegative, False), "epsilon": (nonnegative, False),
              "muon_a": (lambda x: True, False), "muon_b": (lambda x: True, False),
@@ -794,7 +796,7 @@ VALID_ARGS = {
     "momentum": float_in(0.0, 0.99, [0.0, 0.9]), "rho": float_in(0.05, 0.99),
     "epsilon": st.sampled_from([0.0, 1e-7, 1e-3]),
     "beta_1": float_in(0.05, 0.99, [0.9]), "beta_2": float_in(0.0, 0.999, [0.999]),
-    "initial_accumulator_value": float_in(0.05, 1.0), "learning_rate_power": float_in(-1.0, -0.1),
+    "beta_3": float_in(0.0, 0.999, [0.99]), "initial_accumulator_value": float_in(0.05, 1.0), "learning_rate_power": float_in(-1.0, -0.1),
     "l1_regularization_strength": float_in(0.0, 0.1), "l2_regularization_strength": float_in(0.0, 0.1),
     "l2_shrinkage_regularization_strength": float_in(0.0, 0.1), "beta": float_in(0.0, 0.5),
     "beta_2_decay": float_in(-1.0, -0.1), "epsilon_1": st.sampled_from([1e-30, 1e-10]),

@@ -41,6 +41,7 @@ RULES = {
     "lamb": ("Lamb", {}),
     "adafactor": ("Adafactor", {}),
     "schedule_free_adamw": ("ScheduleFreeAdamW", {}),
+    "adan": ("Adan", {}),
 }
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from fusedopt import _core
 from fusedopt.keras import _op_library
+from fusedopt import optimizers as fusedopt_optimizers
 from fusedopt.optimizers import _check_number as check_number
 
 __all__ = [
@@ -656,24 +657,13 @@ class _RuleOptimizer(_Fused):
 
 @_register
 class Adan(_RuleOptimizer, keras.optimizers.Optimizer):
-    r"""Adan, adaptive Nesterov momentum (Keras has none), with Keras's
-    optimizer arguments; the update is ``fusedopt.Adan``'s:
+    __doc__ = """Adan for Keras (Keras has none): ``keras.optimizers.Optimizer``'s
+    arguments plus ``beta_1``, ``beta_2``, ``beta_3`` and ``epsilon``. On the
+    TensorFlow backend the step is one fused op; elsewhere (and under XLA) it
+    is `update_step`, the same formulas in ``keras.ops``. ``weight_decay`` is
+    Keras's decoupled decay. The update, as ``fusedopt.Adan``:
 
-    .. math::
-        d = g - g_{t-1}\ (0 \text{ at } t = 1),\quad
-        m \leftarrow \beta_1 m + (1-\beta_1) g,\quad
-        v \leftarrow \beta_2 v + (1-\beta_2) d\\
-        n \leftarrow \beta_3 n + (1-\beta_3)(g + \beta_2 d)^2,\quad
-        p \leftarrow p - \eta\,\frac{m/(1-\beta_1^t) + \beta_2 v/(1-\beta_2^t)}
-        {\sqrt{n/(1-\beta_3^t)} + \epsilon}
-
-    Slots per variable: momentum, difference_momentum, velocity,
-    previous_gradient. ``weight_decay`` is Keras's decoupled decay
-    (``p -= p * wd * lr`` before the update). On the TensorFlow backend the
-    step is one fused op; elsewhere (and under XLA) it is `update_step`, the
-    same formulas in ``keras.ops``. Reference: Xie et al., "Adan: Adaptive
-    Nesterov Momentum Algorithm for Faster Optimizing Deep Models", 2022.
-    """
+    """ + fusedopt_optimizers.Adan.__doc__
 
     _rule = "adan"
 
