@@ -41,8 +41,21 @@ RULES = {
     "lamb": ("Lamb", {}),
     "adafactor": ("Adafactor", {}),
     "schedule_free_adamw": ("ScheduleFreeAdamW", {}),
-    "adan": ("Adan", {}),
 }
+
+
+def reference_name(rule: str) -> tuple[str, dict]:
+    """The reference optimizer and fixed arguments of an engine rule: the table
+    above, else (a rule added since, one class per rule) the NumPy optimizer
+    whose engine rule it is (the reference is keyed by class name)."""
+    if rule in RULES:
+        return RULES[rule]
+    import fusedopt.optimizers
+
+    for name in fusedopt.optimizers.__all__:
+        if getattr(getattr(fusedopt.optimizers, name), "_rule", None) == rule:
+            return name, {}
+    raise KeyError(f"no reference optimizer for rule {rule!r}")
 
 
 class KernelReference(Reference):
@@ -54,7 +67,7 @@ class KernelReference(Reference):
         if rule == "muon_momentum":
             name, fixed = "Muon", {}
         else:
-            name, fixed = RULES[rule]
+            name, fixed = reference_name(rule)
         h = {k: float(v) for k, v in hyper.items()}
         super().__init__(name, {**fixed, **h}, params, dtype=dtype)
         self.slots = {k: [np.array(s, dtype) for s in v] for k, v in states.items()}
