@@ -25,6 +25,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fusedopt.keras as fk  # noqa: E402
+from fusedopt.keras import _xla_library  # noqa: E402
 from fusedopt.keras import optimizers as fk_optimizers  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -161,19 +162,24 @@ def assert_same_training(model_a, opt_a, model_b, opt_b, atol=ATOL, rtol=RTOL,
 
 @contextlib.contextmanager
 def fused_op_probe() -> Iterator[list]:
-    """Records every fused op placed into a graph (at trace time) while active."""
+    """Records every fused op placed into a graph (at trace time) while active: the
+    TensorFlow op (by rule) and, on the JAX backend, the XLA custom call."""
     calls: list = []
-    original = fk_optimizers._op_function
+    original_op, original_call = fk_optimizers._op_function, _xla_library.fused_update
 
-    def probe(rule):
+    def probe_op(rule):
         calls.append(rule)
-        return original(rule)
+        return original_op(rule)
 
-    fk_optimizers._op_function = probe
+    def probe_call(rule, *args, **kwargs):
+        calls.append(rule)
+        return original_call(rule, *args, **kwargs)
+
+    fk_optimizers._op_function, _xla_library.fused_update = probe_op, probe_call
     try:
         yield calls
     finally:
-        fk_optimizers._op_function = original
+        fk_optimizers._op_function, _xla_library.fused_update = original_op, original_call
 
 
 def compare_fit(name: str, kwargs: dict, *, expect_fused: bool | None = True,

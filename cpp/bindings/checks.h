@@ -14,6 +14,7 @@
 #include "../src/dropout_ops.h"
 #include "../src/engine.h"
 #include "../src/validation.h"
+#include "fusedopt/tensor_layout.h"
 
 namespace fusedopt::bindings {
 
@@ -202,15 +203,6 @@ inline ApplyLists checked_lists(const RuleInfo& rule, py::handle params_h, py::h
                             " tensors but params has " + std::to_string(n));
   }
   return l;
-}
-
-// Adafactor's row/column statistics (which: 0, 1): shape[:-1] and
-// shape[:-2] + shape[-1:] for rank >= 2; a 0-d placeholder otherwise.
-template <class Int> std::vector<Int> factored_shape(const std::vector<Int>& shape, int which) {
-  if (shape.size() < 2) return {};
-  std::vector<Int> out(shape.begin(), shape.end() - 2);
-  out.push_back(which == 0 ? shape[shape.size() - 2] : shape.back());
-  return out;
 }
 
 // Dropout's rate: in [0, 1).

@@ -71,15 +71,9 @@ void cuda_apply_py(const std::string& rule_name, py::handle params_h, py::handle
     cuda::Tensor t;
     t.param = p.data;
     t.grad = g.data;
-    t.size = p.size;
+    set_layout(&t, p.shape, rule->factored_states);
     if (p.size > 0) outputs.push_back(span(p));
     if (g.size > 0) inputs.push_back(span(g));
-    if (rule->factored_states && p.shape.size() >= 2) {
-      t.factored = true;
-      t.cols = p.shape.back();
-      t.rows = p.shape[p.shape.size() - 2];
-      t.batch = t.cols * t.rows == 0 ? 0 : t.size / (t.rows * t.cols);
-    }
     const size_t p_index = arrays.size() - 2;
     for (size_t k = 0; k < num_states; ++k) {
       arrays.push_back(device_array(lists.states[k][i], label(rule->state_names[k], i), stream));

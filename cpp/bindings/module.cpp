@@ -61,15 +61,9 @@ void apply_py(const std::string& rule_name, py::handle params_h, py::handle grad
     TensorRef t;
     t.param = p.mutable_data();
     t.grad = g.data();
-    t.size = int64_t(p.size());
+    set_layout(&t, shape, rule->factored_states);
     outputs.push_back(span_of(p, pname));
     inputs.push_back(span_of(g, gname));
-    if (rule->factored_states && shape.size() >= 2) {
-      t.factored = true;
-      t.cols = shape.back();
-      t.rows = shape[shape.size() - 2];
-      t.batch = t.cols * t.rows == 0 ? 0 : t.size / (t.rows * t.cols);
-    }
     for (size_t k = 0; k < num_states; ++k) {
       const std::string sname = label(rule->state_names[k], i);
       py::array s = as_array(state_lists[k][i], sname);

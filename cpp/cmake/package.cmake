@@ -54,4 +54,7 @@ if(FUSEDOPT_PYTHON)
   install(TARGETS _core LIBRARY DESTINATION fusedopt)
   # TensorFlow op sources, compiled at first use against the installed TF.
   install(DIRECTORY cpp/tf/ DESTINATION fusedopt/tf_src)
+  # The XLA FFI handler, compiled at first use against the FFI headers of the
+  # JAX that loads it.
+  install(DIRECTORY cpp/xla/ DESTINATION fusedopt/xla_src)
 endif()

@@ -16,6 +16,7 @@
 #include "engine_status.h"
 #include "fused_update_ops.h"
 #include "fusedopt/c_api.h"
+#include "fusedopt/tensor_layout.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/resource_mgr.h"
 #include "tensorflow/core/framework/resource_var.h"
@@ -216,15 +217,7 @@ class FusedUpdateOp : public OpKernel {
       t.param = p->flat<T>().data();
       t.grad = ctx->input(grads_start + i).flat<T>().data();
       for (int k = 0; k < slots; ++k) t.state[k] = vars[n + k * n + i]->tensor()->flat<T>().data();
-      t.size = p->NumElements();
-      t.batch = t.rows = t.cols = 1;
-      const int rank = p->dims();
-      if (factored && rank >= 2) {
-        t.factored = 1;
-        t.rows = p->dim_size(rank - 2);
-        t.cols = p->dim_size(rank - 1);
-        t.batch = (t.rows * t.cols) == 0 ? 0 : t.size / (t.rows * t.cols);
-      }
+      fusedopt::set_layout(&t, p->shape().dim_sizes(), factored);
     }
     const int dtype = std::is_same<T, double>::value ? FUSEDOPT_FLOAT64 : FUSEDOPT_FLOAT32;
     OP_REQUIRES_OK(ctx, Backend::Run(ctx, rule_, dtype, tensors.data(), n, hyper.data(), step, lr, decay, reg));

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 
 from fusedopt import _core
-from fusedopt.keras import _op_library
+from fusedopt.keras import _op_library, _xla_library
 from fusedopt import optimizers as fusedopt_optimizers
 from fusedopt.optimizers import _check_number as check_number
 
@@ -159,9 +159,14 @@ class _Fused:
 
     # -- when the fused op runs ------------------------------------------------
     def _fused_possible(self) -> bool:
-        return _op_library.usable()
+        backend = keras.backend.backend()
+        if backend == "jax":
+            return _xla_library.usable()
+        return backend == "tensorflow" and _op_library.usable()
 
     def _fusable(self, grad: Any, variable: Any) -> bool:
+        if keras.backend.backend() == "jax":
+            return grad is not None and _xla_library.takes(variable) and self._fused_variable_ok(variable)
         import tensorflow as tf
 
         # The GPU kernels have no fused regularization (Keras's update does it there).
@@ -196,7 +201,9 @@ class _Fused:
         if rest:
             self._keras_update([g for g, _ in rest], [v for _, v in rest], learning_rate,
                                keras_update_step, decay_deferred)
-        if fused:
+        if fused and keras.backend.backend() == "jax":
+            self._fused_jax_update(fused, learning_rate, decay_deferred)
+        elif fused:
             self._fused_tf_update(fused, learning_rate, decay_deferred)
 
     def _keras_update(self, grads, variables, learning_rate, keras_update_step, decay_deferred):
@@ -266,21 +273,13 @@ class _Fused:
         step = tf.cast(self.iterations + 1, tf.int64)
         rule = self._fused_rule()
         hyper_names = _core.rules()[rule]["hyper"]
-        named = self._fused_hyper()
-        if sorted(named) != sorted(hyper_names):  # a bug in this file, not in user input
-            raise AssertionError(f"{type(self).__name__} gives {sorted(named)} for {rule}, "
-                                 f"whose hyperparameters are {hyper_names}")
+        named = self._checked_fused_hyper()
         hyper = (tf.stack([_float64(named[h]) for h in hyper_names]) if hyper_names
                  else tf.zeros([0], tf.float64))
         op = _op_function(rule)
         regularization = tf.constant([self.l1, self.l2, self.proximal_l1], tf.float64)
-        # One op per (dtype, decays?, device) group: usually exactly one.
-        groups: dict = {}
-        for g, v in zip(grads, keras_vars):
-            decays = bool(decay and self._use_weight_decay(v))
-            device = _op_library.tf_value(v).device
-            groups.setdefault((keras.backend.standardize_dtype(v.dtype), decays, device), []).append((g, v))
         ops = []
+        groups = self._fused_groups(grads, keras_vars, decay, lambda v: _op_library.tf_value(v).device)
         for (dtype, decays, _), members in groups.items():
             # tf.cast rounds a Python weight_decay to float32 first: so does
             # Keras's TF _apply_weight_decay, whatever the variable dtype.
@@ -297,6 +296,49 @@ class _Fused:
                           regularization=regularization, state_list=state_list is not None,
                           hyper_names=hyper_names))
         return tf.group(*ops)
+
+    def _checked_fused_hyper(self) -> dict:
+        rule = self._fused_rule()
+        hyper_names = _core.rules()[rule]["hyper"]
+        named = self._fused_hyper()
+        if sorted(named) != sorted(hyper_names):  # a bug in this file, not in user input
+            raise AssertionError(f"{type(self).__name__} gives {sorted(named)} for {rule}, "
+                                 f"whose hyperparameters are {hyper_names}")
+        return named
+
+    def _fused_groups(self, grads, keras_vars, decay, device_of) -> dict:
+        """(dtype, decays?, device) -> [(grad, variable)]: one fused call per group,
+        usually exactly one."""
+        groups: dict = {}
+        for g, v in zip(grads, keras_vars):
+            decays = bool(decay and self._use_weight_decay(v))
+            groups.setdefault((keras.backend.standardize_dtype(v.dtype), decays, device_of(v)), []).append((g, v))
+        return groups
+
+    def _fused_jax_update(self, grads_and_vars, learning_rate, decay):
+        """One custom call per group (`_xla_library.fused_update`); the results are
+        assigned to the variables, which under Keras's jitted train step (donated
+        state) updates them in place."""
+        ops = keras.ops
+        lr = self._fused_learning_rate(learning_rate)
+        step = self.iterations + 1
+        rule = self._fused_rule()
+        named = self._checked_fused_hyper()
+        regularization = (float(self.l1), float(self.l2), float(self.proximal_l1))
+        groups = self._fused_groups([g for g, _ in grads_and_vars], [v for _, v in grads_and_vars],
+                                    decay, lambda v: None)
+        for (dtype, decays, _), members in groups.items():
+            # As Keras's _apply_weight_decay on JAX: wd and lr cast to the variable dtype.
+            wd = (ops.cast(self.weight_decay, dtype) * ops.cast(self.learning_rate, dtype)
+                  if decays else ops.zeros((), dtype))
+            variables = [v for _, v in members]
+            slots = [self._fused_slots(v) for v in variables]
+            slot_vars = [s[k] for k in range(len(slots[0])) for s in slots]
+            params, states = _xla_library.fused_update(
+                rule, named, [v.value for v in variables], [ops.cast(g, dtype) for g, _ in members],
+                [s.value for s in slot_vars], ops.cast(lr, dtype), step, wd, regularization)
+            for variable, value in zip(variables + slot_vars, params + states):
+                variable.assign(value)
 
     @property
     def _fused_state_lists(self) -> "_StateLists":
@@ -580,10 +622,12 @@ class ScheduleFreeAdamW(_Fused, keras.optimizers.ScheduleFreeAdamW):
         return "schedule_free_adamw"
 
     def _fused_hyper(self):
-        # x_from_new_z=1: the built-in on TensorFlow recovers x from the
-        # updated z (see rules/schedule_free_adamw.h); match it exactly.
+        # The built-in on TensorFlow recovers x from the updated z, on JAX
+        # from the old one (see rules/schedule_free_adamw.h); match each.
+        x_from_new_z = 1.0 if keras.backend.backend() == "tensorflow" else 0.0
         return {"beta_1": _keras_cast(self.beta_1), "beta_2": _keras_cast(self.beta_2),
-                "epsilon": _keras_cast(self.epsilon), "warmup_steps": self.warmup_steps, "x_from_new_z": 1.0}
+                "epsilon": _keras_cast(self.epsilon), "warmup_steps": self.warmup_steps,
+                "x_from_new_z": x_from_new_z}
 
     def _fused_slots(self, variable):
         return [_slot(self._momentums, self, variable), _slot(self._velocities, self, variable)]

@@ -10,8 +10,8 @@
 // x_from_new_z = 1 recovers x with z' instead of z. That is what
 // keras.optimizers.ScheduleFreeAdamW computes on the TensorFlow backend: its
 // `momentum.value` is the live variable, read after the update to z. The
-// paper (and Keras on JAX) use z; the Keras drop-in passes 1 to stay
-// identical to the built-in it replaces.
+// paper (and Keras on JAX) use z; the Keras drop-in passes 1 on TensorFlow
+// and 0 on JAX, to stay identical to the built-in it replaces.
 #pragma once
 #include "../common.h"
 

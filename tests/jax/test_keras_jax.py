@@ -1,0 +1,266 @@
+"""fusedopt.keras on Keras's JAX backend: the update is one XLA FFI custom call
+(cpp/xla, through `_xla_library.fused_update`) over every variable of a dtype
+group, against keras.optimizers.X on the same backend.
+
+Runs in a process of its own on the JAX backend
+(``KERAS_BACKEND=jax python -m pytest tests/jax``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+import pytest
+
+import fusedopt.keras as fk
+from fusedopt.keras import _xla_library
+from keras_helpers import (ATOL, BATCH, CASE_IDS, CASES, RTOL, assert_close, assert_same_training, compare_fit,
+                           data, fit, fused_op_probe, make_model, optimizer_state, run_python)
+
+assert keras.backend.backend() == "jax", "run tests/jax with KERAS_BACKEND=jax"
+
+JIT = [pytest.param(True, id="jit"), pytest.param(False, id="eager")]
+
+
+def test_handler_loads():
+    assert _xla_library.usable(), _xla_library.status()
+    assert _xla_library.status()["loaded"]
+
+
+@pytest.mark.parametrize("jit_compile", JIT)
+@pytest.mark.parametrize("case", CASE_IDS)
+def test_fit_matches_builtin(case, jit_compile):
+    """model.fit, 6 steps: weights and every optimizer variable as the built-in's."""
+    _, name, kwargs = CASES[case]
+    # Muon's Newton-Schulz iteration (Keras's, on both sides) amplifies the
+    # float32-level differences its Adam variables feed into later gradients.
+    atol = 2 * ATOL if name == "Muon" else ATOL
+    compare_fit(name, kwargs, fit_kwargs={"jit_compile": jit_compile}, atol=atol)
+
+
+@pytest.mark.parametrize("case", CASE_IDS)
+def test_one_step_is_tight(case):
+    """After one step from the same state: every optimizer variable to 1e-6 relative
+    (atol scaled to the tensor's magnitude) and every weight update (new - old) to
+    1e-5 relative (Keras's Adam family computes 1 - beta_2^t from a float32 beta_2,
+    ~6e-6 relative off the engine's double), as tests/test_keras_numerics.py on TF."""
+    _, name, kwargs = CASES[case]
+    x, y = data(n=BATCH)
+    initial = make_model().get_weights()
+    runs = []
+    for module in (keras.optimizers, fk):
+        optimizer = getattr(module, name)(**kwargs)
+        with fused_op_probe() as calls:
+            model = fit(optimizer, make_model(), x, y, jit_compile=True)
+        runs.append((model.get_weights(), optimizer_state(optimizer), calls))
+    (wa, sa, _), (wb, sb, calls) = runs
+    assert calls, "the custom call was never traced into the train step"
+    for i, (w0, a, b) in enumerate(zip(initial, wa, wb)):
+        assert_close(b - w0, a - w0, 1e-5, 1e-5, f"update of weight {i}", scaled_atol=True)
+    for i, ((n, _, a), (_, _, b)) in enumerate(zip(sa, sb)):
+        assert_close(b, a, 1e-6, 1e-6, f"optimizer variable {i} ({n})", scaled_atol=True)
+
+
+FEATURES = [
+    ("ema", "Adam", {"learning_rate": 0.01, "use_ema": True, "ema_momentum": 0.9,
+                     "ema_overwrite_frequency": 3}),
+    ("accumulation", "Adam", {"learning_rate": 0.01, "gradient_accumulation_steps": 2}),
+    ("accumulation_rmsprop", "RMSprop", {"learning_rate": 0.01, "gradient_accumulation_steps": 3}),
+    ("weight_decay", "SGD", {"learning_rate": 0.05, "momentum": 0.9, "weight_decay": 0.1}),
+    ("schedule", "Adam", {"learning_rate": keras.optimizers.schedules.ExponentialDecay(0.02, 2, 0.5)}),
+    ("clipnorm", "Adagrad", {"learning_rate": 0.05, "clipnorm": 0.1}),
+    ("global_clipnorm", "Lion", {"learning_rate": 0.003, "global_clipnorm": 0.1}),
+    ("clipvalue", "Nadam", {"learning_rate": 0.01, "clipvalue": 0.01}),
+    ("regularization", "Adam", {"learning_rate": 0.01, "l1": 1e-3, "l2": 1e-2, "proximal_l1": 1e-3}),
+]
+
+
+@pytest.mark.parametrize("jit_compile", JIT)
+@pytest.mark.parametrize("case", FEATURES, ids=[c[0] for c in FEATURES])
+def test_features_stay_kerass(case, jit_compile):
+    _, name, kwargs = case
+    if "l1" in kwargs:
+        # The built-in has no fused regularization: its reference is a
+        # kernel/bias regularizer-free model with the same penalty gradient,
+        # which is what Keras's update with the extras (the fallback) computes.
+        return _compare_with_fallback(name, kwargs, jit_compile)
+    compare_fit(name, kwargs, fit_kwargs={"jit_compile": jit_compile})
+
+
+def _compare_with_fallback(name, kwargs, jit_compile):
+    runs = []
+    for fused in (False, True):
+        optimizer = getattr(fk, name)(**kwargs)
+        with pytest.MonkeyPatch.context() as m:
+            if not fused:
+                m.setattr(_xla_library, "usable", lambda: False)
+            with fused_op_probe() as calls:
+                model = fit(optimizer, make_model(), jit_compile=jit_compile)
+        assert bool(calls) == fused
+        runs.append((model, optimizer))
+    assert_same_training(*runs[0], *runs[1])
+
+
+def test_loss_scale_optimizer():
+    compare_fit("Adam", {"learning_rate": 0.01},
+                wrap=lambda o: keras.optimizers.LossScaleOptimizer(o, initial_scale=2.0 ** 8),
+                fit_kwargs={"jit_compile": True})
+
+
+@pytest.mark.parametrize("case", CASE_IDS)
+def test_stateless_apply_in_jit(case):
+    """optimizer.stateless_apply under jax.jit with donated state, 7 steps."""
+    _, name, kwargs = CASES[case]
+    rng = np.random.default_rng(3)
+    shapes = [(3, 4, 5), (7,), (6, 2)]
+    initial = [rng.normal(size=s).astype("float32") for s in shapes]
+    results = []
+    for module in (keras.optimizers, fk):
+        optimizer = getattr(module, name)(**kwargs)
+        variables = [keras.Variable(w, name=f"w{i}") for i, w in enumerate(initial)]
+        if name == "Muon":
+            optimizer.exclude_layers = []
+        optimizer.build(variables)
+        step = jax.jit(optimizer.stateless_apply, donate_argnums=(0, 2))
+        opt_values = [v.value for v in optimizer.variables]
+        values = [v.value for v in variables]
+        grad_rng = np.random.default_rng(7)
+        for _ in range(7):
+            grads = [jnp.asarray(grad_rng.normal(size=s).astype("float32")) for s in shapes]
+            values, opt_values = step(opt_values, grads, values)
+        results.append([np.asarray(v) for v in values] + [np.asarray(v) for v in opt_values])
+    for i, (a, b) in enumerate(zip(*results)):
+        np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL, err_msg=f"{case}: value {i}")
+
+
+def _lowered_apply(optimizer, shapes, dtype="float32"):
+    variables = [keras.Variable(np.full(s, 0.5, dtype), name=f"w{i}") for i, s in enumerate(shapes)]
+    optimizer.build(variables)
+    grads = [jnp.full(s, 0.1, dtype) for s in shapes]
+    return jax.jit(optimizer.stateless_apply, donate_argnums=(0, 2)).lower(
+        [v.value for v in optimizer.variables], grads, [v.value for v in variables])
+
+
+@pytest.mark.parametrize("case", CASE_IDS)
+def test_one_custom_call_per_step(case):
+    """The jitted update holds exactly one fusedopt custom call (one dtype group), and
+    every parameter is aliased to its result: no copy of the parameters per step."""
+    _, name, kwargs = CASES[case]
+    optimizer = getattr(fk, name)(**kwargs)
+    shapes = [(64, 32), (32,), (8, 4, 4)]
+    if name == "Muon":
+        optimizer.exclude_layers = []  # every variable a Muon matrix or an Adam vector
+    lowered = _lowered_apply(optimizer, shapes)
+    text = lowered.as_text()
+    calls = re.findall(r"custom_call @(fusedopt_\w+)", text)
+    assert calls == ["fusedopt_" + optimizer._fused_rule()], calls
+    compiled = lowered.compile().as_text()
+    # Parameters are the last arguments: every one of them aliased to an output.
+    num_opt = len(optimizer.variables)
+    aliased = {int(p) for p in re.findall(r"\(\s*(\d+)\s*,\s*\{\}\s*,\s*(?:may|must)-alias\)", compiled)}
+    params = set(range(num_opt + len(shapes), num_opt + 2 * len(shapes)))
+    assert params <= aliased, (sorted(aliased), sorted(params))
+
+
+def test_weight_decay_exclusion_makes_two_groups():
+    optimizer = fk.AdamW(learning_rate=0.01, weight_decay=0.1)
+    optimizer.exclude_from_weight_decay(var_names=["w1"])
+    text = _lowered_apply(optimizer, [(4, 4), (4,)]).as_text()
+    assert len(re.findall(r"custom_call @fusedopt_adam", text)) == 2
+
+
+def test_adan_fused_matches_its_keras_update():
+    """Adan (no Keras built-in): the custom call against its own keras.ops update_step."""
+    _compare_with_fallback("Adan", {"learning_rate": 0.01, "weight_decay": 0.02}, True)
+
+
+def test_bad_hyperparameter_is_a_value_error():
+    with pytest.raises(ValueError, match="beta_3"):
+        fk.Adan(beta_3=1.5)
+
+
+def test_save_and_load_continue_bitwise(tmp_path):
+    """A .keras file saved after 3 steps continues bitwise in a fresh process."""
+    code = f"""
+    import numpy as np, keras, sys
+    sys.path.insert(0, {os.path.dirname(os.path.dirname(__file__))!r})
+    import fusedopt.keras as fk
+    from keras_helpers import data, make_model
+    x, y = data()
+    path = {str(tmp_path / "model.keras")!r}
+    if sys.argv[1] == "first":
+        model = make_model()
+        model.compile(optimizer=fk.Adam(learning_rate=0.01, weight_decay=0.01), loss="mse", jit_compile=True)
+        model.fit(x[:24], y[:24], batch_size=8, shuffle=False, verbose=0)
+        model.save(path)
+    else:
+        model = keras.saving.load_model(path)
+    assert type(model.optimizer) is fk.Adam
+    model.fit(x[24:], y[24:], batch_size=8, shuffle=False, verbose=0)
+    np.savez({str(tmp_path)!r} + "/" + sys.argv[1] + ".npz",
+             *[w.numpy() for w in model.weights], *[v.numpy() for v in model.optimizer.variables])
+    """
+    script = tmp_path / "run.py"
+    script.write_text(__import__("textwrap").dedent(code))
+    env = {"KERAS_BACKEND": "jax"}
+    for which in ("first", "second"):
+        run_python(f"import sys, runpy; sys.argv = ['run', {which!r}]; runpy.run_path({str(script)!r})", env=env)
+    first, second = np.load(tmp_path / "first.npz"), np.load(tmp_path / "second.npz")
+    assert len(first.files) == len(second.files)
+    for key in first.files:
+        np.testing.assert_array_equal(second[key], first[key], err_msg=key)
+
+
+def test_disabled_handler_falls_back_with_one_warning():
+    run_python("""
+        import warnings, numpy as np, keras
+        import fusedopt.keras as fk
+        from fusedopt.keras import _xla_library
+        x = np.ones((16, 3), "float32"); y = np.ones((16, 1), "float32")
+        results = []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for module in (keras.optimizers, fk):
+                keras.utils.set_random_seed(0)
+                model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+                model.compile(optimizer=module.Adam(0.01), loss="mse")
+                model.fit(x, y, batch_size=4, verbose=0)
+                model.fit(x, y, batch_size=4, verbose=0)
+                results.append([w.numpy() for w in model.weights])
+        ours = [w for w in caught if "fusedopt" in str(w.message)]
+        assert len(ours) == 1 and "FUSEDOPT_DISABLE_XLA_OPS" in str(ours[0].message), [str(w.message) for w in ours]
+        for a, b in zip(*results):
+            np.testing.assert_array_equal(a, b)
+        assert not _xla_library.status()["loaded"]
+    """, env={"KERAS_BACKEND": "jax", "FUSEDOPT_DISABLE_XLA_OPS": "1"})
+
+
+def test_data_parallel_two_devices_equals_one():
+    """keras.distribution.DataParallel over 2 host devices: the built-in's numbers
+    (its replicated variables take Keras's update), equal to single-device training."""
+    run_python("""
+        import numpy as np, keras, sys
+        sys.path.insert(0, %r)
+        import fusedopt.keras as fk
+        from keras_helpers import data, make_model
+        import jax
+        assert len(jax.devices()) == 2
+        x, y = data()
+        results = []
+        for distributed in (False, True):
+            keras.distribution.set_distribution(
+                keras.distribution.DataParallel(devices=jax.devices()) if distributed else None)
+            model = make_model()
+            model.compile(optimizer=fk.Adam(learning_rate=0.01), loss="mse", jit_compile=True)
+            model.fit(x, y, batch_size=8, shuffle=False, verbose=0)
+            results.append([np.asarray(w.numpy()) for w in model.weights])
+        for a, b in zip(*results):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    """ % os.path.dirname(os.path.dirname(__file__)),
+               env={"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
