@@ -382,3 +382,48 @@ def build_and_load(library: Library, loader: Callable[[str], Any]) -> tuple[Any,
         path = build(library, ident, force=True)
         module, manifest, fd = load_verified(path, ident["cache_key"], loader)
     return module, manifest, fd, path
+
+
+# -- a first-use library's life in one process ---------------------------------------------------
+# `state` is the caller's dict: "module", "error", "path", "tried" (and "warned", "library_fd").
+def load_once(state: dict[str, Any], lock: Any, disable_env: str, load: Callable[[], tuple[Any, Path]]) -> Any:
+    """The module `load()` gives (module, path), tried once per process under `lock`;
+    later calls return it, or raise the first failure again. Raises OpLibraryError."""
+    with lock:
+        if state["module"] is not None:
+            return state["module"]
+        if state["tried"]:
+            raise OpLibraryError(state["error"])
+        state["tried"] = True
+        try:
+            if os.environ.get(disable_env):
+                raise OpLibraryError(f"disabled by the {disable_env} environment variable")
+            module, path = load()
+        except Exception as err:  # noqa: BLE001 - any failure means "fall back"
+            state["error"] = f"{type(err).__name__}: {err}"
+            raise OpLibraryError(state["error"]) from err
+        state["module"], state["path"] = module, path
+        return module
+
+
+def loads_or_warns(state: dict[str, Any], load: Callable[[], Any], consequence: str) -> bool:
+    """Whether `load()` succeeds; the first failure in a process warns once, saying the
+    `consequence` and why."""
+    import warnings
+
+    try:
+        load()
+        return True
+    except OpLibraryError as err:
+        if not state.get("warned"):
+            state["warned"] = True
+            warnings.warn(f"fusedopt: {consequence}. Reason: {err}", RuntimeWarning, stacklevel=4)
+        return False
+
+
+def status(state: dict[str, Any], library: Library) -> dict[str, Any]:
+    """Whether the library is loaded, where, why not, and what the cache holds ("cache");
+    never builds, loads or runs a compiler."""
+    return {"loaded": state["module"] is not None, "path": str(state["path"]) if state["path"] else None,
+            "error": state["error"], "cache_dir": str(cache_root()),
+            "cache": cache_report(library, state["module"] is not None)}

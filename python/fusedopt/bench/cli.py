@@ -144,12 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _op_library_status() -> Any:
+def _op_library_status(query: str = "op_library_status") -> Any:
     try:
         import fusedopt.keras as fk
     except Exception as err:  # noqa: BLE001 - report, never crash `info`
         return f"not available (fusedopt.keras: {type(err).__name__}: {err})"
-    status = getattr(fk, "op_library_status", None)
+    status = getattr(fk, query, None)
     if status is None:
         return "not available"
     try:
@@ -165,6 +165,7 @@ def info(as_json: bool) -> int:
 
     data = machine_info()
     data["op_library"] = _op_library_status()
+    data["xla_library"] = _op_library_status("xla_library_status")
     if as_json:
         print(json.dumps(data, indent=1, default=str))
         return 0
@@ -176,6 +177,9 @@ def info(as_json: bool) -> int:
     print("  versions: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in data["versions"].items()))
     op = data["op_library"]
     print("  TF op library: " + (", ".join(f"{k}={v}" for k, v in op.items()) if isinstance(op, dict) else str(op)))
+    xla = data["xla_library"]
+    print("  XLA FFI handler (JAX backend): "
+          + (", ".join(f"{k}={v}" for k, v in xla.items()) if isinstance(xla, dict) else str(xla)))
     return 0
 
 

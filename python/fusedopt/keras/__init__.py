@@ -8,8 +8,11 @@ Change one import::
 On the TensorFlow backend each step runs one fused in-graph op over all
 variables (built at first use against the installed TensorFlow into a cache
 only the user can write, and verified before it is loaded; build it ahead of
-time with ``fusedopt build-ops`` or ``prebuild()``). Elsewhere, and under XLA,
-the optimizers run Keras's own update, with the same numbers. Every optimizer also takes fused
+time with ``fusedopt build-ops`` or ``prebuild()``). On the JAX backend each
+step runs one XLA FFI custom call over all variables, in place under Keras's
+jitted train step (the handler is built at first use against the installed
+JAX, cached and verified the same way). Elsewhere (TensorFlow under XLA, the
+torch backend) the optimizers run Keras's own update, with the same numbers. Every optimizer also takes fused
 ``l1=``, ``l2=`` and ``proximal_l1=`` regularization.
 
 ``fusedopt.keras.regularizers`` (``L1``, ``L2``, ``L1L2``, ``L2SP``) and
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fusedopt.keras import _op_library, layers, regularizers
+from fusedopt.keras import _op_library, _xla_library, layers, regularizers
 from fusedopt.keras._op_library import OpLibraryError
 from fusedopt.keras import optimizers
 from fusedopt.keras.optimizers import *  # noqa: F403 - every optimizer: optimizers.__all__
@@ -49,7 +52,14 @@ def op_library_status() -> dict[str, Any]:
     return _op_library.status()
 
 
+def xla_library_status() -> dict[str, Any]:
+    """As `op_library_status`, for the XLA FFI handler the JAX backend runs. A query: it
+    never builds, loads or runs a compiler."""
+    return _xla_library.status()
+
+
 __all__ = [
-    *optimizers.__all__, "build_ops", "prebuild", "op_library_status", "OpLibraryError", "layers",
+    *optimizers.__all__, "build_ops", "prebuild", "op_library_status", "xla_library_status",
+    "OpLibraryError", "layers",
     "regularizers",
 ]

@@ -16,7 +16,6 @@ import os
 import subprocess  # noqa: F401
 import sys
 import threading
-import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -152,26 +151,17 @@ def _load_verified(library: Path, key: str) -> tuple[Any, dict[str, Any]]:
 
 def load() -> Any:
     """The loaded op module, building it at first use; raises OpLibraryError."""
-    with _lock:
-        if _state["module"] is not None:
-            return _state["module"]
-        if _state["tried"]:
-            raise OpLibraryError(_state["error"])
-        _state["tried"] = True
-        try:
-            if os.environ.get("FUSEDOPT_DISABLE_TF_OPS"):
-                raise OpLibraryError("disabled by the FUSEDOPT_DISABLE_TF_OPS environment variable")
-            import tensorflow as tf
+    return _cache.load_once(_state, _lock, "FUSEDOPT_DISABLE_TF_OPS", _build_and_load)
 
-            module, manifest, _state["library_fd"], path = _cache.build_and_load(_LIBRARY, tf.load_op_library)
-        except Exception as err:  # noqa: BLE001 - any failure means "fall back"
-            _state["error"] = f"{type(err).__name__}: {err}"
-            raise OpLibraryError(_state["error"]) from err
-        _register_gradients(module)
-        _state["module"], _state["path"] = module, path
-        _state["gpu_kernels"] = bool(manifest.get("gpu_kernels"))
-        _state["gpu_error"] = manifest.get("gpu_error")
-        return module
+
+def _build_and_load() -> tuple[Any, Path]:
+    import tensorflow as tf
+
+    module, manifest, _state["library_fd"], path = _cache.build_and_load(_LIBRARY, tf.load_op_library)
+    _register_gradients(module)
+    _state["gpu_kernels"] = bool(manifest.get("gpu_kernels"))
+    _state["gpu_error"] = manifest.get("gpu_error")
+    return module, path
 
 
 def _register_gradients(module: Any) -> None:
@@ -267,25 +257,12 @@ def usable() -> bool:
 
 def available() -> bool:
     """Whether the fused ops can be used; warns once (and only once) if not."""
-    try:
-        load()
-        return True
-    except OpLibraryError as err:
-        if not _state.get("warned"):
-            _state["warned"] = True
-            warnings.warn(
-                "fusedopt: the TensorFlow op library is unavailable, so fusedopt.keras "
-                f"optimizers use Keras's own update (same numbers, not fused). Reason: {err}",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        return False
+    return _cache.loads_or_warns(_state, load, "the TensorFlow op library is unavailable, so "
+                                 "fusedopt.keras optimizers use Keras's own update (same numbers, not fused)")
 
 
 def status() -> dict[str, Any]:
     """Whether the op library is loaded, where, why not, and what the cache holds ("cache");
     never builds, loads or runs a compiler."""
-    return {"loaded": _state["module"] is not None, "path": str(_state["path"]) if _state["path"] else None,
-            "error": _state["error"], "cache_dir": str(_cache.cache_root()),
-            "cache": _cache.cache_report(_LIBRARY, _state["module"] is not None),
+    return {**_cache.status(_state, _LIBRARY),
             "gpu_kernels": bool(_state.get("gpu_kernels")), "gpu_error": _state.get("gpu_error")}

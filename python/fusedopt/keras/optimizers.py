@@ -1,20 +1,22 @@
-"""Drop-in Keras optimizers whose update step is one fused TensorFlow op.
+"""Drop-in Keras optimizers whose update step is one fused op.
 
 Each class subclasses the Keras built-in of the same name, so constructor
 arguments, defaults, slot variables (names and order), ``get_config`` and the
-pure ``keras.ops`` ``update_step`` are Keras's own. Only the TensorFlow
-update step changes: instead of one ``extended.update`` per variable, all
-variables of a dtype go to one fused op that updates params and slots in
-place (``cpp/tf``, engine in C++). Everything around it -- loss-scale
+pure ``keras.ops`` ``update_step`` are Keras's own. Only the backend update
+step changes: instead of one update per variable, all variables of a dtype
+go to one fused call that updates params and slots in place through the C++
+engine: on TensorFlow a custom op (``cpp/tf``), on JAX an XLA FFI custom call
+(``cpp/xla``, `_xla_library`). Everything around it -- loss-scale
 unscaling, clipping, gradient accumulation, EMA, constraints, iterations --
-stays Keras's. Decoupled weight decay is done inside the fused op.
+stays Keras's. Decoupled weight decay is done inside the fused call.
 
-Falls back to Keras's own update (same formulas, same variables) for: other
-Keras backends, an XLA context (``jit_compile=True``), sparse
-(``IndexedSlices``) gradients (Keras's sparse semantics), dtypes other than
-float32/float64, GPU variables where the op library has no GPU kernels (or
-with ``l1``/``l2``/``proximal_l1``, which only the CPU kernels fuse), and a
-machine where the op library cannot be built (one warning).
+Falls back to Keras's own update (same formulas, same variables) for: the
+torch backend, TensorFlow's XLA context (``jit_compile=True``), a Keras
+distribution on JAX, sparse (``IndexedSlices``) gradients (Keras's sparse
+semantics), dtypes other than float32/float64, GPU variables where the op
+library has no GPU kernels (or with ``l1``/``l2``/``proximal_l1``, which only
+the CPU kernels fuse; on JAX, any non-CPU variable), and a machine where the
+library cannot be built (one warning).
 """
 
 from __future__ import annotations
