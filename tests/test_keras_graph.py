@@ -3,7 +3,9 @@
 - The traced graph of one apply_gradients holds exactly one Fusedopt* op for
   N variables, and grows by ~3 ops per variable (Keras's Adam: ~41); the
   slots reach it as one handle, so a step captures one handle per variable.
-- XLA (jit_compile=True): no fused op in the graph, the built-in's numbers.
+- XLA (jit_compile=True): one fused op in the graph (its XLA kernel, a custom
+  call: tests/test_keras_xla.py); where the library has no XLA kernels,
+  none, and the built-in's numbers exactly.
 - Op library unavailable (FUSEDOPT_DISABLE_TF_OPS=1): one RuntimeWarning,
   Keras's update, the built-in's numbers.
 - Another Keras backend (torch): fusedopt.keras optimizers train and match
@@ -20,6 +22,7 @@ import pytest
 import tensorflow as tf
 
 import fusedopt.keras as fk
+from fusedopt.keras import _op_library
 from keras_helpers import (
     CASES,
     CASE_IDS,
@@ -117,7 +120,19 @@ def test_weight_decay_exclusion_splits_into_two_ops():
 
 
 # -- XLA -----------------------------------------------------------------------------------
-def test_xla_tf_function_has_no_fused_op():
+def test_xla_tf_function_has_one_fused_op():
+    graph = step_graph(fk.Adam(0.01), [(4, 3)] * 3, jit_compile=True)
+    assert len(fused_ops(graph)) == 1
+
+
+@pytest.fixture
+def without_xla_kernels(monkeypatch):
+    """The op library as one built where its XLA kernels failed to compile."""
+    _op_library.load()
+    monkeypatch.setitem(_op_library._state, "xla_kernels", False)
+
+
+def test_xla_without_xla_kernels_has_no_fused_op(without_xla_kernels):
     graph = step_graph(fk.Adam(0.01), [(4, 3)] * 3, jit_compile=True)
     assert not fused_ops(graph)
 
@@ -125,8 +140,9 @@ def test_xla_tf_function_has_no_fused_op():
 @pytest.mark.parametrize("name,kwargs", [("Adam", {"learning_rate": 0.01}),
                                          ("AdamW", {"learning_rate": 0.01, "weight_decay": 0.1}),
                                          ("Nadam", {"learning_rate": 0.01})])
-def test_xla_fit_falls_back_to_keras_update(name, kwargs):
-    """model.compile(jit_compile=True): Keras's own update, the built-in's numbers."""
+def test_xla_fit_without_xla_kernels_falls_back_to_keras_update(name, kwargs, without_xla_kernels):
+    """model.compile(jit_compile=True) with no XLA kernels: Keras's own update, the
+    built-in's numbers exactly."""
     built_in, ours = optimizer_pair(name, **kwargs)
     model_a = fit(built_in, jit_compile=True)
     with fused_op_probe() as calls:

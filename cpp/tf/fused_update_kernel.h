@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_join.h"
 #include "engine_status.h"
+#include "fused_update_attrs.h"
 #include "fused_update_ops.h"
 #include "fusedopt/c_api.h"
 #include "fusedopt/tensor_layout.h"
@@ -65,30 +66,13 @@ template <typename Backend, typename T>
 class FusedUpdateOp : public OpKernel {
  public:
   explicit FusedUpdateOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    const std::string& op = ctx->def().op();
-    rule_ = FusedUpdateRule(op);
-    OP_REQUIRES(ctx, rule_ >= 0, errors::Internal("fusedopt engine has no rule for ", op));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_tensors", &num_tensors_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_states", &num_states_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("state_list", &state_list_));
-    std::vector<std::string> hyper_names;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("hyper_names", &hyper_names));
-    std::vector<std::string> expected;
-    for (int k = 0; const char* name = fusedopt_rule_hyper_name(rule_, k); ++k) expected.emplace_back(name);
-    OP_REQUIRES(ctx, hyper_names == expected,
-                errors::InvalidArgument(op, " takes the hyperparameters [", absl::StrJoin(expected, ", "),
-                                        "] in that order; hyper_names is [", absl::StrJoin(hyper_names, ", "), "]"));
-    const int per_tensor = fusedopt_rule_num_states(rule_);
-    num_slot_vars_ = per_tensor * num_tensors_;
-    if (state_list_) {
-      OP_REQUIRES(ctx, num_states_ == 1,
-                  errors::InvalidArgument(op, " with state_list takes one FusedoptVariableList handle "
-                                              "as states, got ", num_states_));
-    } else {
-      OP_REQUIRES(ctx, num_states_ == num_slot_vars_,
-                  errors::InvalidArgument(op, " takes ", per_tensor, " slots per variable: num_states must be ",
-                                          num_slot_vars_, ", got ", num_states_));
-    }
+    FusedUpdateAttrs a;
+    OP_REQUIRES_OK(ctx, ReadFusedUpdateAttrs(ctx, &a));
+    rule_ = a.rule;
+    num_tensors_ = a.num_tensors;
+    num_states_ = a.num_states;
+    state_list_ = a.state_list;
+    num_slot_vars_ = a.num_slot_vars;
   }
 
   void Compute(OpKernelContext* ctx) override {

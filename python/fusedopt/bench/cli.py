@@ -33,8 +33,8 @@ default skips (--no-skips runs them):
   keras-eager for adam and dropout only (the same update_step as keras-function, ~3x slower);
   torch-foreach where torch-fused exists (fused is PyTorch's fastest CPU path);
   on small: keras-function and fusedopt-keras for adam only (tracing 1000 variables takes
-  ~25 s per rule), keras-eager (~1 s/step), keras-xla (~25 s compile), tf-raw (~10 s trace),
-  numpy, dropout; dropout under keras-xla (seconds per call on CPU).
+  ~25 s per rule), keras-eager (~1 s/step), keras-xla and fusedopt-keras-xla (~25 s compile), tf-raw (~10 s trace),
+  numpy, dropout; dropout under XLA (seconds per call on CPU).
 extra cases, when this build has them: adam_l2 (fused L2 regularization, fusedopt's l2=)
   and dropout (fusedopt.ops.dropout vs keras.random.dropout); otherwise skipped with a note.
 --fit adds model.fit step time of a 102-variable MLP, fusedopt.keras.Adam vs keras Adam.

@@ -1,7 +1,7 @@
 """Whether fusedopt.keras's fused update op ran, read from the traced TensorFlow functions.
 
 fusedopt.keras falls back to Keras's own update (same numbers, not fused)
-where the op library cannot be loaded, under XLA, and for dtypes, devices or
+where the op library cannot be loaded, under XLA without its XLA kernels, and for dtypes, devices or
 gradients the op lacks. A benchmark row under fusedopt's name must not time
 that fallback, so the bench counts the variables the fused ops in the traced
 step update: each fused update op (``FusedoptAdam``, ``FusedoptSgd``, ...,
@@ -67,8 +67,9 @@ def _fallback_reason() -> str:
     status = fusedopt.keras.op_library_status()
     if not status["loaded"]:
         return f"the TF op library is not loaded: {status['error']}"
-    return ("the TF op library is loaded; fusedopt.keras takes Keras's update under XLA, for sparse "
-            "gradients, and for dtypes or devices the op lacks")
+    return ("the TF op library is loaded; fusedopt.keras takes Keras's update for sparse gradients, "
+            "for dtypes or devices the op lacks, and under XLA where the library has no XLA kernels "
+            f"({status.get('xla_error') or 'it has them'})")
 
 
 def require_fused(node_lists: NodeLists, variables: int, what: str) -> bool:

@@ -39,14 +39,14 @@ def _quiet_tensorflow() -> None:
 def library_problem(impl: str) -> str | None:
     """Why `impl` cannot run on this machine at all (None when it can)."""
     try:
-        if impl.startswith("keras") or impl in ("tf-raw", "fusedopt-keras"):
+        if impl.startswith(("keras", "fusedopt-keras")) or impl == "tf-raw":
             _quiet_tensorflow()
             import keras
             import tensorflow  # noqa: F401
 
             if keras.backend.backend() != "tensorflow":
                 return f"Keras backend is {keras.backend.backend()!r}, the benchmark needs 'tensorflow'"
-        if impl == "fusedopt-keras":
+        if impl.startswith("fusedopt-keras"):
             importlib.import_module("fusedopt.keras")
         if impl.startswith("torch"):
             import torch  # noqa: F401
@@ -61,7 +61,7 @@ def thread_count(impl: str, threads: int) -> int:
         return threads
     if impl == "numpy":
         return 1
-    if impl == "fusedopt-keras":
+    if impl.startswith("fusedopt-keras"):
         return fusedopt.get_num_threads()
     import tensorflow as tf
 
@@ -242,6 +242,7 @@ FACTORIES: dict[str, Callable[..., Step]] = {
     "roofline": _roofline,
     "fusedopt": _fusedopt,
     "fusedopt-keras": functools.partial(_keras, mode="function", fused=True),
+    "fusedopt-keras-xla": functools.partial(_keras, mode="xla", fused=True),
     "keras-function": functools.partial(_keras, mode="function"),
     "keras-xla": functools.partial(_keras, mode="xla"),
     "keras-eager": functools.partial(_keras, mode="eager"),
@@ -255,10 +256,11 @@ FACTORIES: dict[str, Callable[..., Step]] = {
 def what_ran(impl: str, rule: Rule, step: Step, variables: int) -> dict[str, Any]:
     """Record fields saying what a measured `step` of `impl` ran, read from its trace.
 
-    fusedopt-keras: ``fused`` (True: the fused op updated all `variables`);
-    where fusedopt.keras fell back to Keras's update, `fused_op.KerasFallback`.
+    fusedopt-keras(-xla): ``fused`` (True: the fused op updated all `variables`; under
+    XLA it is compiled as the op's custom call); where fusedopt.keras fell back to
+    Keras's update, `fused_op.KerasFallback`.
     """
-    if impl != "fusedopt-keras":
+    if not impl.startswith("fusedopt-keras"):
         return {}
     return {"fused": fused_op.require_fused(fused_op.tf_function_nodes(step), variables,
                                             f"fusedopt.keras.{rule.cls}")}

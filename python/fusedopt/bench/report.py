@@ -74,7 +74,7 @@ def table(records: Iterable[dict[str, Any]]) -> str:
 
 def summary(records: Iterable[dict[str, Any]]) -> str:
     """fusedopt's speedup over each baseline measured in the same run (>1: fusedopt is faster)."""
-    ours = sorted((r for r in records if r["implementation"] in ("fusedopt", "fusedopt-keras")), key=_order)
+    ours = sorted((r for r in records if r["implementation"].startswith("fusedopt")), key=_order)
     present = [b for b in BASELINES if any(b in r.get("speedup_vs", {}) for r in ours)]
     header = ("rule", "size", "dtype", "thr", "implementation", "median ms", "roofline", *present)
     rows = [(r["rule"], r["size_case"], r["dtype"], str(r["threads"]), r["implementation"], _ms(r["median_s"]),

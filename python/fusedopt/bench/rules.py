@@ -139,6 +139,7 @@ IMPLEMENTATIONS = (
     "roofline",          # fusedopt._core.stream_roofline with the rule's bytes
     "fusedopt",          # fusedopt.X NumPy API
     "fusedopt-keras",    # fusedopt.keras.X, apply_gradients in tf.function
+    "fusedopt-keras-xla",  # the same, tf.function(jit_compile=True): the op's XLA custom call
     "keras-function",    # keras.optimizers.X, apply_gradients in tf.function (jit_compile=False)
     "keras-xla",         # the same, tf.function(jit_compile=True)
     "keras-eager",       # keras.optimizers.X, eager apply_gradients

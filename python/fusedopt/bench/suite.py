@@ -90,7 +90,7 @@ def default_skip(rule: str, size: str, impl: str, impls: Sequence[str] = IMPLEME
                 "pool stalls for seconds when the machine is shared")
     if rule == "muon" and size == "large":
         return "Newton-Schulz on 2048x2048 tensors costs ~1 TFLOP per step (seconds)"
-    if rule == "dropout" and impl == "keras-xla":
+    if rule == "dropout" and impl in ("keras-xla", "fusedopt-keras-xla"):
         return "XLA dropout on CPU takes seconds per call"
     if impl == "keras-eager" and rule not in ("adam", "dropout"):
         return "eager runs Keras's update_step like keras-function, ~3x slower: adam only"
@@ -105,7 +105,7 @@ def default_skip(rule: str, size: str, impl: str, impls: Sequence[str] = IMPLEME
         return "the NumPy reference runs on large only"
     if impl == "keras-eager":
         return "~1 s per step with 1000 variables"
-    if impl == "keras-xla":
+    if impl in ("keras-xla", "fusedopt-keras-xla"):
         return "~25 s XLA compile with 1000 variables"
     if impl == "tf-raw":
         return "tracing 1000 raw ops takes ~10 s"

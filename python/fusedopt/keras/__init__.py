@@ -11,8 +11,10 @@ only the user can write, and verified before it is loaded; build it ahead of
 time with ``fusedopt build-ops`` or ``prebuild()``). On the JAX backend each
 step runs one XLA FFI custom call over all variables, in place under Keras's
 jitted train step (the handler is built at first use against the installed
-JAX, cached and verified the same way). Elsewhere (TensorFlow under XLA, the
-torch backend) the optimizers run Keras's own update, with the same numbers. Every optimizer also takes fused
+JAX, cached and verified the same way), and under TensorFlow's XLA
+(``jit_compile=True``, CPU) the op's XLA kernel makes it one custom call.
+Elsewhere (the torch backend, XLA on a GPU) the optimizers run Keras's own
+update, with the same numbers. Every optimizer also takes fused
 ``l1=``, ``l2=`` and ``proximal_l1=`` regularization.
 
 ``fusedopt.keras.regularizers`` (``L1``, ``L2``, ``L1L2``, ``L2SP``) and

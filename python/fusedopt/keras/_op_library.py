@@ -31,7 +31,13 @@ _SOURCES = ("fused_update_ops.cc", "fused_update_kernels.cc", "regularizer_dropo
 # engine its CUDA kernels; where they fail to compile, the library is built
 # without them (CPU kernels only) and status() says why.
 _GPU_SOURCES = ("fused_update_kernels_gpu.cc",)
-_HEADERS = ("fused_update_ops.h", "fused_update_kernel.h", "engine_status.h", "input_shapes.h")
+# The fused update ops' XLA kernels (jit_compile=True), over the XLA FFI handler
+# of xla_src: TensorFlow-internal APIs, so where they fail to compile the
+# library is built without them and status() says why.
+_XLA_SOURCES = ("fused_update_xla.cc",)
+_OPTIONAL = {"gpu": _GPU_SOURCES, "xla": _XLA_SOURCES}
+_HEADERS = ("fused_update_ops.h", "fused_update_attrs.h", "fused_update_kernel.h", "engine_status.h",
+            "input_shapes.h")
 _LIB_NAME = "fusedopt_tf_ops.so"
 
 _lock = threading.Lock()
@@ -56,7 +62,13 @@ def gpu_kernels_wanted() -> bool:
 
 
 def _sources(gpu: bool) -> tuple[str, ...]:
-    return _SOURCES + (_GPU_SOURCES if gpu else ())
+    return _SOURCES + (_GPU_SOURCES if gpu else ()) + _XLA_SOURCES
+
+
+def _tf_include() -> Path:
+    import tensorflow as tf
+
+    return Path(tf.sysconfig.get_include())
 
 
 def compile_command(source: str, output: Path) -> list[str]:
@@ -64,8 +76,13 @@ def compile_command(source: str, output: Path) -> list[str]:
     import tensorflow as tf
 
     src = _source_dir()
+    extra: list[str] = []
+    if source in _XLA_SOURCES:  # tf2xla's headers need these two of TF's bundled libraries
+        extra = ["-I" + str(_tf_include() / "external" / "highwayhash"),
+                 "-I" + str(_tf_include() / "external" / "farmhash_archive" / "src"),
+                 "-I" + str(_PACKAGE_DIR / "xla_src")]
     return (_compiler() + ["-O2", "-fPIC", "-w", "-DEIGEN_USE_THREADS"]
-            + list(tf.sysconfig.get_compile_flags())
+            + list(tf.sysconfig.get_compile_flags()) + extra
             + ["-I" + str(_PACKAGE_DIR / "include"), "-I" + str(src)]
             + ["-c", str(src / source), "-o", str(output)])
 
@@ -74,21 +91,24 @@ def link_command(objects: list[Path], output: Path) -> list[str]:
     """The command that links the compiled sources into the op library."""
     import tensorflow as tf
 
+    # The XLA kernels use tf2xla and the XLA builder, in TensorFlow's C++ library.
+    xla = ["-l:libtensorflow_cc.so.2"] if any(Path(o).name.startswith(_XLA_SOURCES) for o in objects) else []
     return (_compiler() + ["-shared"] + [str(o) for o in objects] + ["-o", str(output)]
-            + list(tf.sysconfig.get_link_flags())
+            + list(tf.sysconfig.get_link_flags()) + xla
             + ["-L" + str(_PACKAGE_DIR), "-l:libfusedopt_engine.so", "-Wl,-rpath," + str(_PACKAGE_DIR)])
 
 
 def _compile_and_link(build_dir: Path) -> tuple[Path, dict[str, Any]]:
     """Compile and link the op library in `build_dir`: its path, and what the manifest
     records of how it was built."""
-    manifest: dict[str, Any] = {"gpu_kernels": gpu_kernels_wanted()}
+    manifest: dict[str, Any] = {"gpu_kernels": gpu_kernels_wanted(), "xla_kernels": True}
     compiled = _cache.compile_all({s: (compile_command(s, build_dir / (s + ".o")), build_dir / (s + ".o"))
                                    for s in _sources(manifest["gpu_kernels"])})
-    for source in _GPU_SOURCES:
-        # The CPU kernels must not depend on the GPU glue compiling.
-        if source in compiled and compiled[source][1] is not None:
-            manifest = {"gpu_kernels": False, "gpu_error": compiled.pop(source)[1]}
+    for part, sources in _OPTIONAL.items():
+        # The CPU kernels must not depend on the GPU or XLA glue compiling.
+        for source in sources:
+            if source in compiled and compiled[source][1] is not None:
+                manifest.update({f"{part}_kernels": False, f"{part}_error": compiled.pop(source)[1]})
     errors = [err for _, err in compiled.values() if err is not None]
     if errors:
         raise OpLibraryError("compiling the TensorFlow op library failed:\n" + "\n".join(errors))
@@ -109,8 +129,9 @@ def _inputs() -> Iterator[bytes]:
     commands.append(link_command([Path("OBJ")], Path("OUT")))
     for part in (__version__, tf.__version__, sys.platform, *(" ".join(c) for c in commands)):
         yield part.encode()
-    for name in _SOURCES + _GPU_SOURCES + _HEADERS:
+    for name in _SOURCES + _GPU_SOURCES + _XLA_SOURCES + _HEADERS:
         yield (_source_dir() / name).read_bytes()
+    yield (_PACKAGE_DIR / "xla_src" / "fused_update_ffi.h").read_bytes()
     for header in sorted((_PACKAGE_DIR / "include" / "fusedopt").rglob("*.h")):  # c_api.h, the math
         yield header.read_bytes()
 
@@ -159,8 +180,9 @@ def _build_and_load() -> tuple[Any, Path]:
 
     module, manifest, _state["library_fd"], path = _cache.build_and_load(_LIBRARY, tf.load_op_library)
     _register_gradients(module)
-    _state["gpu_kernels"] = bool(manifest.get("gpu_kernels"))
-    _state["gpu_error"] = manifest.get("gpu_error")
+    for part in _OPTIONAL:
+        _state[f"{part}_kernels"] = bool(manifest.get(f"{part}_kernels"))
+        _state[f"{part}_error"] = manifest.get(f"{part}_error")
     return module, path
 
 
@@ -220,7 +242,8 @@ def takes(x: Any, gpu: bool = False) -> bool:
     device = device_type(x)
     if device == "CPU":
         return True
-    return device == "GPU" and gpu and usable() and gpu_kernels_usable()
+    # (the XLA kernels are CPU-only: under XLA, GPU variables take Keras's update)
+    return device == "GPU" and gpu and usable() and gpu_kernels_usable() and not in_xla_context()
 
 
 def gpu_kernels_usable() -> bool:
@@ -239,19 +262,24 @@ def module_for(x: Any) -> Any:
     return load() if takes(x) and usable() else None
 
 
+def in_xla_context() -> bool:
+    """Whether the graph being built is compiled by XLA (``jit_compile=True``)."""
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
 def usable() -> bool:
-    """The fused ops can run here: the TensorFlow backend, outside an XLA
-    context (a custom op has no XLA kernel), and the library loads (else one
-    warning, see `available`)."""
+    """The fused ops can run here: the TensorFlow backend, the library loads (else one
+    warning, see `available`), and outside an XLA context unless the library has its XLA
+    kernels (one custom call per op; see `xla_kernels_usable`)."""
     import keras
 
     if keras.backend.backend() != "tensorflow":
         return False
-    import tensorflow as tf
-    from tensorflow.python.ops import control_flow_util
-
-    if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
-        return False
+    if in_xla_context():
+        return available() and bool(_state.get("xla_kernels"))
     return available()
 
 
@@ -265,4 +293,6 @@ def status() -> dict[str, Any]:
     """Whether the op library is loaded, where, why not, and what the cache holds ("cache");
     never builds, loads or runs a compiler."""
     return {**_cache.status(_state, _LIBRARY),
-            "gpu_kernels": bool(_state.get("gpu_kernels")), "gpu_error": _state.get("gpu_error")}
+            **{f"{part}_{what}": (bool(_state.get(f"{part}_kernels")) if what == "kernels"
+                                  else _state.get(f"{part}_error"))
+               for part in _OPTIONAL for what in ("kernels", "error")}}

@@ -25,6 +25,7 @@ from fusedopt._build_cache import OpLibraryError
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 _SOURCE = "fused_update_ffi.cc"
+_HEADER = "fused_update_ffi.h"
 _LIB_NAME = "fusedopt_xla_ffi.so"
 _HANDLER = "fusedopt_fused_update"
 DISABLE_ENV = "FUSEDOPT_DISABLE_XLA_OPS"
@@ -70,6 +71,7 @@ def _inputs() -> Iterator[bytes]:
                  " ".join(build_command(Path("OUT")))):
         yield part.encode()
     yield _source().read_bytes()
+    yield (_source().parent / _HEADER).read_bytes()
     for header in sorted((_PACKAGE_DIR / "include" / "fusedopt").rglob("*.h")):
         yield header.read_bytes()
     import jax.ffi

@@ -11,8 +11,9 @@ unscaling, clipping, gradient accumulation, EMA, constraints, iterations --
 stays Keras's. Decoupled weight decay is done inside the fused call.
 
 Falls back to Keras's own update (same formulas, same variables) for: the
-torch backend, TensorFlow's XLA context (``jit_compile=True``), a Keras
-distribution on JAX, sparse (``IndexedSlices``) gradients (Keras's sparse
+torch backend, TensorFlow's XLA context (``jit_compile=True``) where the op
+library has no XLA kernels (else the op's XLA kernel makes it one custom
+call) or on a GPU, a Keras distribution on JAX, sparse (``IndexedSlices``) gradients (Keras's sparse
 semantics), dtypes other than float32/float64, GPU variables where the op
 library has no GPU kernels (or with ``l1``/``l2``/``proximal_l1``, which only
 the CPU kernels fuse; on JAX, any non-CPU variable), and a machine where the
@@ -381,8 +382,8 @@ class _StateLists:
         if not slot_vars or any(isinstance(s, tf.distribute.DistributedValues)
                                 or _op_library.device_type(s) != "CPU" for s in slot_vars):
             return None  # (FusedoptVariableList has a CPU kernel only)
-        if _used_in_this_function(slot_vars):
-            return None
+        if _used_in_this_function(slot_vars) or _op_library.in_xla_context():
+            return None  # (under XLA the op reads and assigns each slot variable)
         key = tuple(id(s) for s in slot_vars)
         entry = self._lists.get(key)
         if entry is None or any(a is not b for a, b in zip(entry[1], slot_vars)):
