@@ -28,22 +28,10 @@ LAYOUTS = {"large": (4, 4 * 1024 * 1024), "small": (1000, 1000),
            # for finding where the custom call starts to pay
            "16x1M": (16, 1024 * 1024), "64x64K": (64, 64 * 1024), "256x16K": (256, 16 * 1024),
            "1000x4K": (1000, 4 * 1024)}
-# Keras class and arguments per rule: every elementwise rule Keras ships.
-RULES = {
-    "sgd": ("SGD", {}),
-    "sgd_momentum": ("SGD", {"momentum": 0.9}),
-    "rmsprop": ("RMSprop", {}),
-    "adagrad": ("Adagrad", {}),
-    "adadelta": ("Adadelta", {}),
-    "adam": ("Adam", {}),
-    "adamw": ("AdamW", {"weight_decay": 0.01}),
-    "adamax": ("Adamax", {}),
-    "nadam": ("Nadam", {}),
-    "ftrl": ("Ftrl", {}),
-    "lion": ("Lion", {}),
-    "lamb": ("Lamb", {}),
-    "adafactor": ("Adafactor", {}),
-}
+# The benchmark's rules (fusedopt.bench.rules: Keras class and arguments) that
+# Keras ships, Muon aside (its matrices take Keras's update by design).
+DEFAULT_RULES = ("sgd", "sgd_momentum", "rmsprop", "adagrad", "adadelta", "adam", "adamw", "adamax",
+                 "nadam", "ftrl", "lion", "lamb", "adafactor")
 
 
 def _step(module, name: str, kwargs: dict, shapes: list, seed: int):
@@ -77,7 +65,7 @@ def _step(module, name: str, kwargs: dict, shapes: list, seed: int):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rules", default=",".join(RULES))
+    ap.add_argument("--rules", default=",".join(DEFAULT_RULES))
     ap.add_argument("--layouts", default="large,small")
     ap.add_argument("--samples", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
@@ -92,6 +80,7 @@ def main(argv=None) -> int:
         return 2
     import fusedopt
     import fusedopt.keras as fk
+    from fusedopt.bench.rules import RULES
     from fusedopt.keras import _xla_library
 
     if args.threads:
@@ -107,7 +96,7 @@ def main(argv=None) -> int:
         count, size = LAYOUTS[layout]
         shapes = [(size // 1024, 1024)] * count if size % (1024 * 1024) == 0 else [(size,)] * count
         for rule in args.rules.split(","):
-            name, kwargs = RULES[rule]
+            name, kwargs = RULES[rule].cls, RULES[rule].kwargs
             steps = {"keras-jax": _step(keras.optimizers, name, kwargs, shapes, 0),
                      "fusedopt-keras-jax": _step(fk, name, kwargs, shapes, 0)}
             for step in steps.values():

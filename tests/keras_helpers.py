@@ -224,3 +224,58 @@ def run_python(code: str, env: dict | None = None, timeout: float = 240, cwd=Non
         raise AssertionError(f"subprocess failed (rc={proc.returncode}):\n{proc.stdout[-4000:]}\n"
                              f"{proc.stderr[-6000:]}")
     return proc
+
+
+# Keras's features around the update, each with one optimizer, for the tests
+# under XLA and on JAX (test_keras_xla.py, tests/jax): (id, class name, kwargs).
+FEATURE_CASES = [
+    ("ema", "Adam", {"learning_rate": 0.01, "use_ema": True, "ema_momentum": 0.9,
+                     "ema_overwrite_frequency": 3}),
+    ("accumulation", "Adam", {"learning_rate": 0.01, "gradient_accumulation_steps": 2}),
+    ("accumulation_rmsprop", "RMSprop", {"learning_rate": 0.01, "gradient_accumulation_steps": 3}),
+    ("weight_decay", "SGD", {"learning_rate": 0.05, "momentum": 0.9, "weight_decay": 0.1}),
+    ("schedule", "Adam", {"learning_rate": keras.optimizers.schedules.ExponentialDecay(0.02, 2, 0.5)}),
+    ("clipnorm", "Adagrad", {"learning_rate": 0.05, "clipnorm": 0.1}),
+    ("global_clipnorm", "Lion", {"learning_rate": 0.003, "global_clipnorm": 0.1}),
+    ("clipvalue", "Nadam", {"learning_rate": 0.01, "clipvalue": 0.01}),
+]
+
+
+def assert_one_step_tight(name: str, kwargs: dict, jit_compile: bool = True) -> None:
+    """One model.fit step of keras.optimizers.<name> and fusedopt's from the same state:
+    every optimizer variable to 1e-6 relative (atol scaled to the tensor's magnitude)
+    and every weight update (new - old) to 1e-5 relative (Keras's Adam family computes
+    1 - beta_2^t from a float32 beta_2, ~6e-6 relative off the engine's double)."""
+    x, y = data(n=BATCH)
+    initial = make_model().get_weights()
+    runs = []
+    for module in (keras.optimizers, fk):
+        optimizer = getattr(module, name)(**kwargs)
+        with fused_op_probe() as calls:
+            model = fit(optimizer, make_model(), x, y, jit_compile=jit_compile)
+        runs.append((model.get_weights(), optimizer_state(optimizer), calls))
+    (wa, sa, _), (wb, sb, calls) = runs
+    assert calls, "the fused update was never traced into the train step"
+    for i, (w0, a, b) in enumerate(zip(initial, wa, wb)):
+        assert_close(b - w0, a - w0, 1e-5, 1e-5, f"update of weight {i}", scaled_atol=True)
+    for i, ((n, _, a), (_, _, b)) in enumerate(zip(sa, sb)):
+        assert_close(b, a, 1e-6, 1e-6, f"optimizer variable {i} ({n})", scaled_atol=True)
+
+
+def compare_with_fallback(name: str, kwargs: dict, library: Any, jit_compile: bool) -> None:
+    """fusedopt.keras.<name> with its fused update against the same class with
+    `library.usable` off (Keras's update with fusedopt's extras around it): for what
+    the built-in lacks (l1/l2/proximal_l1, rules Keras does not ship)."""
+    import pytest
+
+    runs = []
+    for fused in (False, True):
+        optimizer = getattr(fk, name)(**kwargs)
+        with pytest.MonkeyPatch.context() as m:
+            if not fused:
+                m.setattr(library, "usable", lambda: False)
+            with fused_op_probe() as calls:
+                model = fit(optimizer, make_model(), jit_compile=jit_compile)
+        assert bool(calls) == fused
+        runs.append((model, optimizer))
+    assert_same_training(*runs[0], *runs[1])

@@ -15,8 +15,8 @@ import tensorflow as tf
 
 import fusedopt.keras as fk
 from fusedopt.keras import _op_library
-from keras_helpers import (BATCH, CASE_IDS, CASES, assert_close, assert_same_training, compare_fit, data, fit,
-                           fused_op_probe, make_model, optimizer_state, run_python)
+from keras_helpers import (CASE_IDS, CASES, FEATURE_CASES, assert_one_step_tight, compare_fit, compare_with_fallback,
+                           make_model, run_python)
 
 
 def test_op_library_has_xla_kernels():
@@ -33,38 +33,11 @@ def test_fit_under_xla_matches_builtin(case):
 
 @pytest.mark.parametrize("case", CASE_IDS)
 def test_one_step_under_xla_is_tight(case):
-    """One step: optimizer variables to 1e-6 relative, weight updates to 1e-5 (Keras's
-    Adam family computes 1 - beta_2^t in float32), as test_keras_numerics does outside XLA."""
     _, name, kwargs = CASES[case]
-    x, y = data(n=BATCH)
-    initial = make_model().get_weights()
-    runs = []
-    for module in (keras.optimizers, fk):
-        optimizer = getattr(module, name)(**kwargs)
-        with fused_op_probe() as calls:
-            model = fit(optimizer, make_model(), x, y, jit_compile=True)
-        runs.append((model.get_weights(), optimizer_state(optimizer), calls))
-    (wa, sa, _), (wb, sb, calls) = runs
-    assert calls, "the fused op was never traced into the XLA train step"
-    for i, (w0, a, b) in enumerate(zip(initial, wa, wb)):
-        assert_close(b - w0, a - w0, 1e-5, 1e-5, f"update of weight {i}", scaled_atol=True)
-    for i, ((n, _, a), (_, _, b)) in enumerate(zip(sa, sb)):
-        assert_close(b, a, 1e-6, 1e-6, f"optimizer variable {i} ({n})", scaled_atol=True)
+    assert_one_step_tight(name, kwargs, jit_compile=True)
 
 
-FEATURES = [
-    ("ema", "Adam", {"learning_rate": 0.01, "use_ema": True, "ema_momentum": 0.9,
-                     "ema_overwrite_frequency": 3}),
-    ("accumulation", "Adam", {"learning_rate": 0.01, "gradient_accumulation_steps": 2}),
-    ("weight_decay", "SGD", {"learning_rate": 0.05, "momentum": 0.9, "weight_decay": 0.1}),
-    ("schedule", "Adam", {"learning_rate": keras.optimizers.schedules.ExponentialDecay(0.02, 2, 0.5)}),
-    ("clipnorm", "Adagrad", {"learning_rate": 0.05, "clipnorm": 0.1}),
-    ("global_clipnorm", "Lion", {"learning_rate": 0.003, "global_clipnorm": 0.1}),
-    ("clipvalue", "Nadam", {"learning_rate": 0.01, "clipvalue": 0.01}),
-]
-
-
-@pytest.mark.parametrize("case", FEATURES, ids=[c[0] for c in FEATURES])
+@pytest.mark.parametrize("case", FEATURE_CASES, ids=[c[0] for c in FEATURE_CASES])
 def test_features_under_xla_stay_kerass(case):
     _, name, kwargs = case
     compare_fit(name, kwargs, fit_kwargs={"jit_compile": True})
@@ -76,20 +49,14 @@ def test_loss_scale_optimizer_under_xla():
                 fit_kwargs={"jit_compile": True})
 
 
-def test_regularization_under_xla_matches_kerass_update_with_the_extras(monkeypatch):
+def test_regularization_under_xla_matches_kerass_update_with_the_extras():
     """l1/l2/proximal_l1 in the custom call against Keras's update with the same extras."""
-    kwargs = {"learning_rate": 0.01, "l1": 1e-3, "l2": 1e-2, "proximal_l1": 1e-3}
-    runs = []
-    for fused in (False, True):
-        optimizer = fk.Adam(**kwargs)
-        with monkeypatch.context() as m:
-            if not fused:
-                m.setattr(_op_library, "usable", lambda: False)
-            with fused_op_probe() as calls:
-                model = fit(optimizer, make_model(), jit_compile=True)
-        assert bool(calls) == fused
-        runs.append((model, optimizer))
-    assert_same_training(*runs[0], *runs[1])
+    compare_with_fallback("Adam", {"learning_rate": 0.01, "l1": 1e-3, "l2": 1e-2, "proximal_l1": 1e-3},
+                          _op_library, jit_compile=True)
+
+
+def test_adan_under_xla_matches_its_keras_update():
+    compare_with_fallback("Adan", {"learning_rate": 0.01, "weight_decay": 0.02}, _op_library, jit_compile=True)
 
 
 def _apply_hlo(optimizer, shapes):

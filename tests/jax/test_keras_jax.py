@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +19,8 @@ import pytest
 
 import fusedopt.keras as fk
 from fusedopt.keras import _xla_library
-from keras_helpers import (ATOL, BATCH, CASE_IDS, CASES, RTOL, assert_close, assert_same_training, compare_fit,
-                           data, fit, fused_op_probe, make_model, optimizer_state, run_python)
+from keras_helpers import (ATOL, CASE_IDS, CASES, FEATURE_CASES, RTOL, assert_one_step_tight, compare_fit,
+                           compare_with_fallback, run_python)
 
 assert keras.backend.backend() == "jax", "run tests/jax with KERAS_BACKEND=jax"
 
@@ -46,65 +45,22 @@ def test_fit_matches_builtin(case, jit_compile):
 
 @pytest.mark.parametrize("case", CASE_IDS)
 def test_one_step_is_tight(case):
-    """After one step from the same state: every optimizer variable to 1e-6 relative
-    (atol scaled to the tensor's magnitude) and every weight update (new - old) to
-    1e-5 relative (Keras's Adam family computes 1 - beta_2^t from a float32 beta_2,
-    ~6e-6 relative off the engine's double), as tests/test_keras_numerics.py on TF."""
+    """As tests/test_keras_numerics.py on TensorFlow (see assert_one_step_tight)."""
     _, name, kwargs = CASES[case]
-    x, y = data(n=BATCH)
-    initial = make_model().get_weights()
-    runs = []
-    for module in (keras.optimizers, fk):
-        optimizer = getattr(module, name)(**kwargs)
-        with fused_op_probe() as calls:
-            model = fit(optimizer, make_model(), x, y, jit_compile=True)
-        runs.append((model.get_weights(), optimizer_state(optimizer), calls))
-    (wa, sa, _), (wb, sb, calls) = runs
-    assert calls, "the custom call was never traced into the train step"
-    for i, (w0, a, b) in enumerate(zip(initial, wa, wb)):
-        assert_close(b - w0, a - w0, 1e-5, 1e-5, f"update of weight {i}", scaled_atol=True)
-    for i, ((n, _, a), (_, _, b)) in enumerate(zip(sa, sb)):
-        assert_close(b, a, 1e-6, 1e-6, f"optimizer variable {i} ({n})", scaled_atol=True)
-
-
-FEATURES = [
-    ("ema", "Adam", {"learning_rate": 0.01, "use_ema": True, "ema_momentum": 0.9,
-                     "ema_overwrite_frequency": 3}),
-    ("accumulation", "Adam", {"learning_rate": 0.01, "gradient_accumulation_steps": 2}),
-    ("accumulation_rmsprop", "RMSprop", {"learning_rate": 0.01, "gradient_accumulation_steps": 3}),
-    ("weight_decay", "SGD", {"learning_rate": 0.05, "momentum": 0.9, "weight_decay": 0.1}),
-    ("schedule", "Adam", {"learning_rate": keras.optimizers.schedules.ExponentialDecay(0.02, 2, 0.5)}),
-    ("clipnorm", "Adagrad", {"learning_rate": 0.05, "clipnorm": 0.1}),
-    ("global_clipnorm", "Lion", {"learning_rate": 0.003, "global_clipnorm": 0.1}),
-    ("clipvalue", "Nadam", {"learning_rate": 0.01, "clipvalue": 0.01}),
-    ("regularization", "Adam", {"learning_rate": 0.01, "l1": 1e-3, "l2": 1e-2, "proximal_l1": 1e-3}),
-]
+    assert_one_step_tight(name, kwargs, jit_compile=True)
 
 
 @pytest.mark.parametrize("jit_compile", JIT)
-@pytest.mark.parametrize("case", FEATURES, ids=[c[0] for c in FEATURES])
+@pytest.mark.parametrize("case", FEATURE_CASES, ids=[c[0] for c in FEATURE_CASES])
 def test_features_stay_kerass(case, jit_compile):
     _, name, kwargs = case
-    if "l1" in kwargs:
-        # The built-in has no fused regularization: its reference is a
-        # kernel/bias regularizer-free model with the same penalty gradient,
-        # which is what Keras's update with the extras (the fallback) computes.
-        return _compare_with_fallback(name, kwargs, jit_compile)
     compare_fit(name, kwargs, fit_kwargs={"jit_compile": jit_compile})
 
 
-def _compare_with_fallback(name, kwargs, jit_compile):
-    runs = []
-    for fused in (False, True):
-        optimizer = getattr(fk, name)(**kwargs)
-        with pytest.MonkeyPatch.context() as m:
-            if not fused:
-                m.setattr(_xla_library, "usable", lambda: False)
-            with fused_op_probe() as calls:
-                model = fit(optimizer, make_model(), jit_compile=jit_compile)
-        assert bool(calls) == fused
-        runs.append((model, optimizer))
-    assert_same_training(*runs[0], *runs[1])
+@pytest.mark.parametrize("jit_compile", JIT)
+def test_regularization_matches_kerass_update_with_the_extras(jit_compile):
+    compare_with_fallback("Adam", {"learning_rate": 0.01, "l1": 1e-3, "l2": 1e-2, "proximal_l1": 1e-3},
+                          _xla_library, jit_compile)
 
 
 def test_loss_scale_optimizer():
@@ -185,7 +141,7 @@ def test_weight_decay_exclusion_makes_two_groups():
 
 def test_adan_fused_matches_its_keras_update():
     """Adan (no Keras built-in): the custom call against its own keras.ops update_step."""
-    _compare_with_fallback("Adan", {"learning_rate": 0.01, "weight_decay": 0.02}, True)
+    compare_with_fallback("Adan", {"learning_rate": 0.01, "weight_decay": 0.02}, _xla_library, True)
 
 
 def test_bad_hyperparameter_is_a_value_error():
