@@ -279,3 +279,39 @@ def compare_with_fallback(name: str, kwargs: dict, library: Any, jit_compile: bo
         assert bool(calls) == fused
         runs.append((model, optimizer))
     assert_same_training(*runs[0], *runs[1])
+
+
+def assert_save_load_continues_bitwise(tmp_path: Path, backend: str, jit_compile: bool) -> None:
+    """fusedopt.keras.Adam (with weight decay) trains 3 steps and saves a .keras file;
+    3 more steps there, and 3 more from the file loaded in a fresh process, must give
+    bitwise the same weights and optimizer variables."""
+    code = f"""
+    import sys
+    import numpy as np, keras
+    sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+    import fusedopt.keras as fk
+    from keras_helpers import data, make_model
+    x, y = data()
+    path = {str(tmp_path / "model.keras")!r}
+    if sys.argv[1] == "first":
+        model = make_model()
+        model.compile(optimizer=fk.Adam(learning_rate=0.01, weight_decay=0.01), loss="mse",
+                      jit_compile={jit_compile!r})
+        model.fit(x[:24], y[:24], batch_size=8, shuffle=False, verbose=0)
+        model.save(path)
+    else:
+        model = keras.saving.load_model(path)
+    assert type(model.optimizer) is fk.Adam
+    model.fit(x[24:], y[24:], batch_size=8, shuffle=False, verbose=0)
+    np.savez({str(tmp_path)!r} + "/" + sys.argv[1] + ".npz",
+             *[w.numpy() for w in model.weights], *[np.asarray(v.numpy()) for v in model.optimizer.variables])
+    """
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(code))
+    for which in ("first", "second"):
+        run_python(f"import sys, runpy; sys.argv = ['run', {which!r}]; runpy.run_path({str(script)!r})",
+                   env={"KERAS_BACKEND": backend})
+    first, second = np.load(tmp_path / "first.npz"), np.load(tmp_path / "second.npz")
+    assert len(first.files) == len(second.files)
+    for key in first.files:
+        np.testing.assert_array_equal(second[key], first[key], err_msg=key)

@@ -15,8 +15,8 @@ import tensorflow as tf
 
 import fusedopt.keras as fk
 from fusedopt.keras import _op_library
-from keras_helpers import (CASE_IDS, CASES, FEATURE_CASES, assert_one_step_tight, compare_fit, compare_with_fallback,
-                           make_model, run_python)
+from keras_helpers import (CASE_IDS, CASES, FEATURE_CASES, assert_one_step_tight, assert_save_load_continues_bitwise,
+                           compare_fit, compare_with_fallback, make_model, run_python)
 
 
 def test_op_library_has_xla_kernels():
@@ -109,3 +109,9 @@ def test_xla_compilation_before_the_library_loads():
             model.fit(x, y, batch_size=8, verbose=0)
         assert calls and fk.op_library_status()["xla_kernels"]
     """, cwd=str(Path(__file__).resolve().parent))
+
+
+def test_save_and_load_under_xla_continue_bitwise(tmp_path):
+    """A .keras file saved after 3 steps under XLA continues bitwise in a fresh process
+    (the loaded model compiles with jit_compile=True too: it is saved in the config)."""
+    assert_save_load_continues_bitwise(tmp_path, "tensorflow", jit_compile=True)

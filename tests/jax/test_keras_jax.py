@@ -19,8 +19,8 @@ import pytest
 
 import fusedopt.keras as fk
 from fusedopt.keras import _xla_library
-from keras_helpers import (ATOL, CASE_IDS, CASES, FEATURE_CASES, RTOL, assert_one_step_tight, compare_fit,
-                           compare_with_fallback, run_python)
+from keras_helpers import (ATOL, CASE_IDS, CASES, FEATURE_CASES, RTOL, assert_one_step_tight,
+                           assert_save_load_continues_bitwise, compare_fit, compare_with_fallback, run_python)
 
 assert keras.backend.backend() == "jax", "run tests/jax with KERAS_BACKEND=jax"
 
@@ -151,34 +151,7 @@ def test_bad_hyperparameter_is_a_value_error():
 
 def test_save_and_load_continue_bitwise(tmp_path):
     """A .keras file saved after 3 steps continues bitwise in a fresh process."""
-    code = f"""
-    import numpy as np, keras, sys
-    sys.path.insert(0, {os.path.dirname(os.path.dirname(__file__))!r})
-    import fusedopt.keras as fk
-    from keras_helpers import data, make_model
-    x, y = data()
-    path = {str(tmp_path / "model.keras")!r}
-    if sys.argv[1] == "first":
-        model = make_model()
-        model.compile(optimizer=fk.Adam(learning_rate=0.01, weight_decay=0.01), loss="mse", jit_compile=True)
-        model.fit(x[:24], y[:24], batch_size=8, shuffle=False, verbose=0)
-        model.save(path)
-    else:
-        model = keras.saving.load_model(path)
-    assert type(model.optimizer) is fk.Adam
-    model.fit(x[24:], y[24:], batch_size=8, shuffle=False, verbose=0)
-    np.savez({str(tmp_path)!r} + "/" + sys.argv[1] + ".npz",
-             *[w.numpy() for w in model.weights], *[v.numpy() for v in model.optimizer.variables])
-    """
-    script = tmp_path / "run.py"
-    script.write_text(__import__("textwrap").dedent(code))
-    env = {"KERAS_BACKEND": "jax"}
-    for which in ("first", "second"):
-        run_python(f"import sys, runpy; sys.argv = ['run', {which!r}]; runpy.run_path({str(script)!r})", env=env)
-    first, second = np.load(tmp_path / "first.npz"), np.load(tmp_path / "second.npz")
-    assert len(first.files) == len(second.files)
-    for key in first.files:
-        np.testing.assert_array_equal(second[key], first[key], err_msg=key)
+    assert_save_load_continues_bitwise(tmp_path, "jax", jit_compile=True)
 
 
 def test_disabled_handler_falls_back_with_one_warning():

@@ -16,7 +16,7 @@ DEFAULT_BUDGET_S, DEFAULT_WARMUP = 0.1, 2
 QUICK_BUDGET_S, QUICK_WARMUP = 0.02, 1
 
 BENCH_EPILOG = f"""\
-defaults (the suite `fusedopt bench` runs with no arguments, < 3 minutes on 2 cores):
+defaults (the suite `fusedopt bench` runs with no arguments, about 4 minutes on 2 cores, with the first-use op library build):
   every rule ({len(RULES)}: {", ".join(RULES)}),
   sizes large (16M params in 4 tensors) and small (1M params in 1000 tensors),
   float32, threads 1 and fusedopt.get_num_threads(), every implementation available.

@@ -82,7 +82,7 @@ def default_skip(rule: str, size: str, impl: str, impls: Sequence[str] = IMPLEME
                  threads: int = 1) -> str | None:
     """Why the default suite leaves a combination out (None: it runs).
 
-    These keep `fusedopt bench` inside 3 minutes on 2 cores; ``--no-skips``
+    These keep `fusedopt bench` near 4 minutes on 2 cores; ``--no-skips``
     runs everything selected.
     """
     if impl.startswith("torch") and threads > 1 and (os.cpu_count() or 1) <= 2:
