@@ -176,7 +176,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "platform": _platform(),
         "python": platform.python_version(),
-        "versions": {p: _version(p) for p in ("numpy", "tensorflow", "keras", "torch", "matplotlib")},
+        "versions": {p: _version(p) for p in ("numpy", "tensorflow", "keras", "jax", "torch", "matplotlib")},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
