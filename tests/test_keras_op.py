@@ -246,7 +246,10 @@ BUILD_SCRIPT = textwrap.dedent(r"""
 
 
 def _start(cache_dir):
-    env = dict(os.environ, FUSEDOPT_CACHE_DIR=str(cache_dir), TF_CPP_MIN_LOG_LEVEL="2")
+    # (the cache's behaviour does not depend on the XLA kernels: built without them, a
+    # minute less per build; tests/test_keras_xla.py builds and tests them)
+    env = dict(os.environ, FUSEDOPT_CACHE_DIR=str(cache_dir), TF_CPP_MIN_LOG_LEVEL="2",
+               FUSEDOPT_DISABLE_TF_XLA_KERNELS="1")
     env.pop("FUSEDOPT_DISABLE_TF_OPS", None)
     return subprocess.Popen([sys.executable, "-c", BUILD_SCRIPT], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -297,24 +300,28 @@ def test_cache_concurrent_build_and_corrupt_rebuild(tmp_path):
     assert not list(entries[0].glob(".objects-*")), "object files left behind"
 
 
-def test_gpu_kernels_failing_to_compile_leave_a_cpu_library(tmp_path, monkeypatch):
-    """Where the GPU glue does not compile, the library is built without it and
-    the manifest says why (the CPU kernels never depend on it)."""
+def test_gpu_and_xla_kernels_failing_to_compile_leave_a_cpu_library(tmp_path, monkeypatch):
+    """Where the GPU glue or the XLA kernels (TensorFlow-internal APIs) do not compile,
+    the library is built without them and the manifest says why (the CPU kernels never
+    depend on them)."""
     monkeypatch.setenv("FUSEDOPT_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(_op_library.DISABLE_XLA_KERNELS_ENV, raising=False)
     monkeypatch.setattr(_op_library, "gpu_kernels_wanted", lambda: True)
     compile_command = _op_library.compile_command
 
-    def failing_gpu_compile(source, output):
-        if source in _op_library._GPU_SOURCES:
-            return [sys.executable, "-c", "import sys; sys.exit('no GPU glue here')"]
+    def failing_optional_compile(source, output):
+        if source in _op_library._GPU_SOURCES + _op_library._XLA_SOURCES:
+            return [sys.executable, "-c", f"import sys; sys.exit('no {source} here')"]
         return compile_command(source, output)
 
-    monkeypatch.setattr(_op_library, "compile_command", failing_gpu_compile)
+    monkeypatch.setattr(_op_library, "compile_command", failing_optional_compile)
     path = _op_library.build()
     manifest = json.loads((path.parent / "manifest.json").read_text())
-    assert manifest["gpu_kernels"] is False and "no GPU glue here" in manifest["gpu_error"]
+    for part, sources in (("gpu", _op_library._GPU_SOURCES), ("xla", _op_library._XLA_SOURCES)):
+        assert manifest[f"{part}_kernels"] is False and f"no {sources[0]} here" in manifest[f"{part}_error"]
+        assert not any(s in " ".join(manifest["command"]) for s in sources)
+    assert "libtensorflow_cc" not in " ".join(manifest["command"])
     assert manifest["sha256"] == _sha256(path)
-    assert not any(s in " ".join(manifest["command"]) for s in _op_library._GPU_SOURCES)
     # The library links and holds the CPU kernels (checked in a fresh process: this
     # one has the op library loaded already).
     code = (f"import tensorflow as tf; lib = tf.load_op_library({str(path)!r}); "

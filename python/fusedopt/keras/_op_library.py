@@ -61,8 +61,17 @@ def gpu_kernels_wanted() -> bool:
     return bool(tf.test.is_built_with_cuda() and _cuda.compiled())
 
 
+# Set, the library is built without its XLA kernels (a minute less to build on
+# 2 cores; jit_compile=True then takes Keras's update).
+DISABLE_XLA_KERNELS_ENV = "FUSEDOPT_DISABLE_TF_XLA_KERNELS"
+
+
+def _xla_kernels_wanted() -> bool:
+    return not os.environ.get(DISABLE_XLA_KERNELS_ENV)
+
+
 def _sources(gpu: bool) -> tuple[str, ...]:
-    return _SOURCES + (_GPU_SOURCES if gpu else ()) + _XLA_SOURCES
+    return _SOURCES + (_GPU_SOURCES if gpu else ()) + (_XLA_SOURCES if _xla_kernels_wanted() else ())
 
 
 def _tf_include() -> Path:
@@ -101,7 +110,9 @@ def link_command(objects: list[Path], output: Path) -> list[str]:
 def _compile_and_link(build_dir: Path) -> tuple[Path, dict[str, Any]]:
     """Compile and link the op library in `build_dir`: its path, and what the manifest
     records of how it was built."""
-    manifest: dict[str, Any] = {"gpu_kernels": gpu_kernels_wanted(), "xla_kernels": True}
+    manifest: dict[str, Any] = {"gpu_kernels": gpu_kernels_wanted(), "xla_kernels": _xla_kernels_wanted()}
+    if not manifest["xla_kernels"]:
+        manifest["xla_error"] = f"disabled by the {DISABLE_XLA_KERNELS_ENV} environment variable"
     compiled = _cache.compile_all({s: (compile_command(s, build_dir / (s + ".o")), build_dir / (s + ".o"))
                                    for s in _sources(manifest["gpu_kernels"])})
     for part, sources in _OPTIONAL.items():
