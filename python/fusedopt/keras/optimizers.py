@@ -11,13 +11,14 @@ unscaling, clipping, gradient accumulation, EMA, constraints, iterations --
 stays Keras's. Decoupled weight decay is done inside the fused call.
 
 Falls back to Keras's own update (same formulas, same variables) for: the
-torch backend, TensorFlow's XLA context (``jit_compile=True``) where the op
-library has no XLA kernels (else the op's XLA kernel makes it one custom
-call) or on a GPU, a Keras distribution on JAX, sparse (``IndexedSlices``) gradients (Keras's sparse
-semantics), dtypes other than float32/float64, GPU variables where the op
+torch backend; TensorFlow's XLA context (``jit_compile=True``) on a GPU or
+where the op library has no XLA kernels (else the op's XLA kernel makes it
+one custom call); a Keras distribution, a non-CPU variable or one under
+32768 elements on JAX; sparse (``IndexedSlices``) gradients (Keras's sparse
+semantics); dtypes other than float32/float64; GPU variables where the op
 library has no GPU kernels (or with ``l1``/``l2``/``proximal_l1``, which only
-the CPU kernels fuse; on JAX, any non-CPU variable), and a machine where the
-library cannot be built (one warning).
+the CPU kernels fuse); and a machine where the library cannot be built (one
+warning).
 """
 
 from __future__ import annotations
