@@ -12,7 +12,6 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/str_join.h"
 #include "engine_status.h"
 #include "fused_update_attrs.h"
 #include "fused_update_ops.h"
@@ -66,32 +65,26 @@ template <typename Backend, typename T>
 class FusedUpdateOp : public OpKernel {
  public:
   explicit FusedUpdateOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    FusedUpdateAttrs a;
-    OP_REQUIRES_OK(ctx, ReadFusedUpdateAttrs(ctx, &a));
-    rule_ = a.rule;
-    num_tensors_ = a.num_tensors;
-    num_states_ = a.num_states;
-    state_list_ = a.state_list;
-    num_slot_vars_ = a.num_slot_vars;
+    OP_REQUIRES_OK(ctx, ReadFusedUpdateAttrs(ctx, &attrs_));
   }
 
   void Compute(OpKernelContext* ctx) override {
-    const int n = num_tensors_;
-    const int slots = n == 0 ? 0 : num_slot_vars_ / n;
-    const int num_vars = n + num_slot_vars_;
-    const int grads_start = n + num_states_;
+    const int n = attrs_.num_tensors;
+    const int slots = n == 0 ? 0 : attrs_.num_slot_vars / n;
+    const int num_vars = n + attrs_.num_slot_vars;
+    const int grads_start = n + attrs_.num_states;
     const int hyper_input = grads_start + n;
 
     // Scalars.
     const Tensor& hyper_t = ctx->input(hyper_input);
-    OP_REQUIRES(ctx, hyper_t.dims() == 1 && hyper_t.NumElements() == fusedopt_rule_num_hyper(rule_),
-                errors::InvalidArgument("hyper must be a vector of ", fusedopt_rule_num_hyper(rule_),
+    OP_REQUIRES(ctx, hyper_t.dims() == 1 && hyper_t.NumElements() == fusedopt_rule_num_hyper(attrs_.rule),
+                errors::InvalidArgument("hyper must be a vector of ", fusedopt_rule_num_hyper(attrs_.rule),
                                         " values, got shape ", hyper_t.shape().DebugString()));
     std::vector<double> hyper(hyper_t.flat<double>().data(),
                               hyper_t.flat<double>().data() + hyper_t.NumElements());
     for (size_t i = 0; i < hyper.size(); ++i)
       OP_REQUIRES(ctx, std::isfinite(hyper[i]), errors::InvalidArgument("hyper[", i, "] is not finite"));
-    if (const char* err = fusedopt_rule_validate(rule_, hyper.data()))
+    if (const char* err = fusedopt_rule_validate(attrs_.rule, hyper.data()))
       OP_REQUIRES(ctx, false, errors::InvalidArgument(err));
     double lr = 0.0, decay = 0.0;
     int64_t step = 0;
@@ -100,7 +93,7 @@ class FusedUpdateOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ScalarInput(ctx, hyper_input + 3, "decay", &decay));
     OP_REQUIRES(ctx, std::isfinite(lr) && lr >= 0.0,
                 errors::InvalidArgument("learning_rate must be finite and >= 0, got ", lr));
-    OP_REQUIRES(ctx, !fusedopt_rule_needs_positive_learning_rate(rule_) || lr > 0.0,
+    OP_REQUIRES(ctx, !fusedopt_rule_needs_positive_learning_rate(attrs_.rule) || lr > 0.0,
                 errors::InvalidArgument("learning_rate must be > 0 for ", ctx->op_kernel().type_string()));
     OP_REQUIRES(ctx, step >= 1, errors::InvalidArgument("step must be >= 1, got ", step));
     OP_REQUIRES(ctx, std::isfinite(decay) && decay >= 0.0,
@@ -126,14 +119,14 @@ class FusedUpdateOp : public OpKernel {
       OP_REQUIRES_OK(ctx, HandleInput(ctx, i, "params", &handle));
       OP_REQUIRES_OK(ctx, LookupResource(ctx, handle, &vars[i]));
     }
-    if (state_list_) {
+    if (attrs_.state_list) {
       core::RefCountPtr<FusedoptVariableList> list;
       OP_REQUIRES_OK(ctx, HandleInput(ctx, n, "states", &handle));
       OP_REQUIRES_OK(ctx, LookupResource(ctx, handle, &list));
-      OP_REQUIRES(ctx, static_cast<int>(list->vars().size()) == num_slot_vars_,
+      OP_REQUIRES(ctx, static_cast<int>(list->vars().size()) == attrs_.num_slot_vars,
                   errors::InvalidArgument("the state list holds ", list->vars().size(), " variables, expected ",
-                                          num_slot_vars_));
-      for (int j = 0; j < num_slot_vars_; ++j) {
+                                          attrs_.num_slot_vars));
+      for (int j = 0; j < attrs_.num_slot_vars; ++j) {
         Var* v = list->vars()[j].get();
         v->Ref();
         vars[n + j].reset(v);
@@ -156,7 +149,7 @@ class FusedUpdateOp : public OpKernel {
     locks.reserve(sorted.size());
     for (Var* v : sorted) locks.emplace_back(*v->mu());
 
-    const bool factored = fusedopt_rule_factored_states(rule_) != 0;
+    const bool factored = fusedopt_rule_factored_states(attrs_.rule) != 0;
     for (int i = 0; i < num_vars; ++i) {
       Tensor* t = vars[i]->tensor();
       OP_REQUIRES(ctx, t->IsInitialized(), errors::FailedPrecondition("variable ", i, " is not initialized"));
@@ -204,15 +197,11 @@ class FusedUpdateOp : public OpKernel {
       fusedopt::set_layout(&t, p->shape().dim_sizes(), factored);
     }
     const int dtype = std::is_same<T, double>::value ? FUSEDOPT_FLOAT64 : FUSEDOPT_FLOAT32;
-    OP_REQUIRES_OK(ctx, Backend::Run(ctx, rule_, dtype, tensors.data(), n, hyper.data(), step, lr, decay, reg));
+    OP_REQUIRES_OK(ctx, Backend::Run(ctx, attrs_.rule, dtype, tensors.data(), n, hyper.data(), step, lr, decay, reg));
   }
 
  private:
-  int rule_ = -1;
-  int num_tensors_ = 0;
-  int num_states_ = 0;
-  bool state_list_ = false;
-  int num_slot_vars_ = 0;  // slot variables, from num_states handles or one list
+  FusedUpdateAttrs attrs_;
 };
 
 }  // namespace tensorflow
